@@ -1,1 +1,102 @@
-//! placeholder
+//! A concurrent, sharded, in-process blob store (`key -> bytes`) with a
+//! bounded memory budget that **spills least-recently-used values to files**
+//! instead of dropping them, and reads them back **through memory maps**.
+//!
+//! It is a store that overflows to disk, not a cache that forgets: every
+//! value inserted stays readable until it is removed, replaced or cleared.
+//! It is the Rust successor of ProxyStore's `EndpointStorage` and keeps its
+//! semantics (`max_size`, `max_object_size`, `dump_dir` given together with
+//! `max_size`, LRU demotion to disk, promotion back on access, `clear`,
+//! `cleanup`) without its bugs.
+//!
+//! ```
+//! use spillstore::{Location, SpillStore};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SpillStore::builder()
+//!     .max_size(1 << 20)            // 1 MiB of values in memory
+//!     .dump_dir(dir.path())         // the rest spills here
+//!     .build()?;
+//! store.insert("report".to_string(), vec![7u8; 4096])?;
+//! assert_eq!(store.get("report")?.unwrap().len(), 4096);
+//! assert_eq!(store.location("report"), Some(Location::Memory));
+//! # Ok::<(), spillstore::Error>(())
+//! ```
+//!
+//! # Design
+//!
+//! **Sharding.** A key is hashed once (aHash); bits 32 and up pick one of
+//! `n` shards (`n` a power of two, cache-padded, each behind a parking_lot
+//! `RwLock`), the low bits serve the shard's hash table. Each shard owns
+//! `max_size / n` bytes of the budget (the remainder spread one byte each
+//! over the first shards, so the shares add up to exactly `max_size`).
+//!
+//! **LRU.** Each shard keeps its resident values in an intrusive doubly
+//! linked list over a slab, linked by `u32` indices (no `unsafe`). A memory
+//! hit takes only the read lock and records the access in a small lock-free
+//! buffer; the next writer applies the buffer before it picks victims, so a
+//! single thread sees exact LRU order and readers of a hot shard do not
+//! serialize.
+//!
+//! **Spill lifecycle.** An insert that does not fit picks victims from the
+//! LRU tail under the lock, marks them *spilling* (still readable from
+//! memory), writes them with the lock released, then marks them on disk.
+//! Small values are appended as checksummed records to shared 16 MiB segment
+//! files; large ones get files of their own. A `get` of a spilled value
+//! checks the file's length, verifies the record against its checksum and
+//! returns a slice of the file's shared read-only mapping (no copy); the
+//! value becomes resident again and keeps its disk copy, so evicting it a
+//! second time needs no write. A file is deleted as soon as no value needs
+//! it. A value larger than its shard's share is written straight to disk and
+//! served from there.
+//!
+//! # Guarantees
+//!
+//! - `memory_bytes` never exceeds `max_size`, at any instant.
+//! - No value is lost: eviction moves values to disk, never drops them.
+//! - No wrong bytes: a spilled value whose file was altered, truncated or
+//!   replaced while the store was idle is reported as [`Error::Corrupted`]
+//!   (and stays so until removed or replaced); it is never returned altered.
+//! - Errors lose nothing: an insert that cannot spill (disk full) returns
+//!   [`Error::Io`], is not stored, and every earlier value stays readable;
+//!   accounting stays exact; no half-written file is left.
+//! - A `get` never fails only because bringing the value back into memory
+//!   would need a spill that cannot be written: the value is served anyway.
+//! - File names come from a counter, never from keys; an existing name is
+//!   never opened, and the store only deletes files it created.
+//! - One live store per dump directory (an exclusive file lock).
+//! - Not promised: persistence (dropping the store deletes its spilled data),
+//!   and safety against files being edited while a read is in flight or
+//!   after a value was read back (those bytes are shared with the file's
+//!   mapping, like any memory-mapped data).
+//!
+//! # Per-entry overhead
+//!
+//! Beyond key and value bytes, an entry costs one slab slot (links, id,
+//! length, the value handle and the disk location) and a 4-byte slot index
+//! plus one control byte in the hash table.
+//!
+//! # Components
+//!
+//! | module | one job |
+//! |---|---|
+//! | `store` | [`SpillStore`]: hashing, routing to a shard, the public API |
+//! | `config` | [`Builder`] and validation |
+//! | `shard` | one shard: index, LRU, budget; decides what to spill |
+//! | `lru` | index-based intrusive list over a slab |
+//! | `spill` | the dump dir: naming, segments, records, checksums, lock, the mapping |
+//! | `error`, `stats` | [`Error`], [`Stats`] |
+
+mod config;
+mod error;
+mod lru;
+mod shard;
+mod spill;
+mod stats;
+mod store;
+
+pub use bytes::Bytes;
+pub use config::{Builder, DEFAULT_SEGMENT_SIZE, MAX_SHARDS};
+pub use error::{Error, LimitKind};
+pub use stats::Stats;
+pub use store::{Location, SpillStore};

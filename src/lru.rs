@@ -1,0 +1,387 @@
+//! An index-based intrusive doubly linked list over a slab.
+//!
+//! Every item lives in a slot of one `Vec`; a slot is named by its `u32`
+//! index, which stays valid until the item is removed. An item may be linked
+//! into the recency list (most recently used at the head, least recently used
+//! at the tail) or be detached from it; both states keep the slot. Links are
+//! indices, so the list needs no `unsafe`, and every operation is O(1).
+//!
+//! The shard keeps resident values linked and spilled values detached, as the
+//! original design keeps only in-memory keys in its LRU queue.
+
+/// Index of a slot; also the end-of-list marker when it equals [`NIL`].
+pub(crate) type SlotId = u32;
+
+/// The end of the list, or "no slot".
+pub(crate) const NIL: SlotId = u32::MAX;
+
+/// `prev` value of a slot that is not linked into the list.
+const DETACHED: SlotId = u32::MAX - 1;
+
+/// The largest number of slots: ids `DETACHED` and `NIL` are reserved.
+pub(crate) const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
+
+struct Slot<T> {
+    /// Towards the head; `DETACHED` while not linked; free slots keep `DETACHED`.
+    prev: SlotId,
+    /// Towards the tail; for a free slot, the next free slot.
+    next: SlotId,
+    item: Option<T>,
+}
+
+/// A slab of items with an intrusive recency list through some of them.
+pub(crate) struct LinkedSlab<T> {
+    slots: Vec<Slot<T>>,
+    /// First free slot, chained through `next`.
+    free: SlotId,
+    /// Most recently used linked slot.
+    head: SlotId,
+    /// Least recently used linked slot.
+    tail: SlotId,
+    occupied: usize,
+    linked: usize,
+}
+
+impl<T> Default for LinkedSlab<T> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            occupied: 0,
+            linked: 0,
+        }
+    }
+}
+
+impl<T> LinkedSlab<T> {
+    /// Stores `item` in a free slot, detached from the list.
+    ///
+    /// Returns `None` when all `MAX_SLOTS` slots are taken.
+    pub(crate) fn insert(&mut self, item: T) -> Option<SlotId> {
+        let id = if self.free != NIL {
+            let id = self.free;
+            let slot = &mut self.slots[id as usize];
+            self.free = slot.next;
+            slot.next = NIL;
+            slot.item = Some(item);
+            id
+        } else {
+            if self.slots.len() >= MAX_SLOTS {
+                return None;
+            }
+            self.slots.push(Slot {
+                prev: DETACHED,
+                next: NIL,
+                item: Some(item),
+            });
+            (self.slots.len() - 1) as SlotId
+        };
+        self.occupied += 1;
+        Some(id)
+    }
+
+    /// Removes and returns the item in `id`, unlinking it first.
+    pub(crate) fn remove(&mut self, id: SlotId) -> Option<T> {
+        self.get(id)?;
+        self.unlink(id);
+        let slot = &mut self.slots[id as usize];
+        let item = slot.item.take();
+        slot.next = self.free;
+        self.free = id;
+        self.occupied -= 1;
+        item
+    }
+
+    /// The item in `id`, if the slot is occupied.
+    pub(crate) fn get(&self, id: SlotId) -> Option<&T> {
+        self.slots.get(id as usize)?.item.as_ref()
+    }
+
+    /// The item in `id`, mutably, if the slot is occupied.
+    pub(crate) fn get_mut(&mut self, id: SlotId) -> Option<&mut T> {
+        self.slots.get_mut(id as usize)?.item.as_mut()
+    }
+
+    /// Whether `id` is occupied and linked into the list.
+    pub(crate) fn is_linked(&self, id: SlotId) -> bool {
+        self.slots
+            .get(id as usize)
+            .is_some_and(|s| s.item.is_some() && s.prev != DETACHED)
+    }
+
+    /// Links a detached, occupied slot at the head (most recently used).
+    pub(crate) fn push_front(&mut self, id: SlotId) {
+        debug_assert!(self.get(id).is_some() && !self.is_linked(id));
+        let old_head = self.head;
+        {
+            let slot = &mut self.slots[id as usize];
+            slot.prev = NIL;
+            slot.next = old_head;
+        }
+        if old_head == NIL {
+            self.tail = id;
+        } else {
+            self.slots[old_head as usize].prev = id;
+        }
+        self.head = id;
+        self.linked += 1;
+    }
+
+    /// Links a detached, occupied slot at the tail (least recently used).
+    pub(crate) fn push_back(&mut self, id: SlotId) {
+        debug_assert!(self.get(id).is_some() && !self.is_linked(id));
+        let old_tail = self.tail;
+        {
+            let slot = &mut self.slots[id as usize];
+            slot.prev = old_tail;
+            slot.next = NIL;
+        }
+        if old_tail == NIL {
+            self.head = id;
+        } else {
+            self.slots[old_tail as usize].next = id;
+        }
+        self.tail = id;
+        self.linked += 1;
+    }
+
+    /// Detaches `id` from the list; does nothing if it is not linked.
+    pub(crate) fn unlink(&mut self, id: SlotId) {
+        if !self.is_linked(id) {
+            return;
+        }
+        let (prev, next) = {
+            let slot = &self.slots[id as usize];
+            (slot.prev, slot.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+        let slot = &mut self.slots[id as usize];
+        slot.prev = DETACHED;
+        slot.next = NIL;
+        self.linked -= 1;
+    }
+
+    /// Moves a linked slot to the head; does nothing for a detached or free slot.
+    pub(crate) fn touch(&mut self, id: SlotId) {
+        if self.is_linked(id) && self.head != id {
+            self.unlink(id);
+            self.push_front(id);
+        }
+    }
+
+    /// The least recently used linked slot.
+    pub(crate) fn back(&self) -> Option<SlotId> {
+        (self.tail != NIL).then_some(self.tail)
+    }
+
+    /// The linked slot just more recent than `id` (towards the head).
+    pub(crate) fn prev_of(&self, id: SlotId) -> Option<SlotId> {
+        let prev = self.slots[id as usize].prev;
+        (prev != NIL && prev != DETACHED).then_some(prev)
+    }
+
+    /// Number of occupied slots.
+    pub(crate) fn len(&self) -> usize {
+        self.occupied
+    }
+
+    /// Number of linked slots.
+    #[cfg(test)]
+    pub(crate) fn linked_len(&self) -> usize {
+        self.linked
+    }
+
+    /// Occupied slots and their items, in slot order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SlotId, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.item.as_ref().map(|item| (i as SlotId, item)))
+    }
+
+    /// Linked slots from most to least recently used.
+    pub(crate) fn iter_recency(&self) -> impl Iterator<Item = SlotId> + '_ {
+        let mut cursor = self.head;
+        std::iter::from_fn(move || {
+            if cursor == NIL {
+                return None;
+            }
+            let id = cursor;
+            cursor = self.slots[id as usize].next;
+            Some(id)
+        })
+    }
+
+    /// Removes every item, returning them, and releases the slots' memory.
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        let items = std::mem::take(&mut self.slots)
+            .into_iter()
+            .filter_map(|s| s.item)
+            .collect();
+        *self = Self::default();
+        items
+    }
+
+    /// Checks the list's links against the slots; returns what is wrong.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let mut seen = 0usize;
+        let mut prev = NIL;
+        for id in self.iter_recency() {
+            let slot = self
+                .slots
+                .get(id as usize)
+                .ok_or_else(|| format!("list names slot {id} beyond the slab"))?;
+            if slot.item.is_none() {
+                return Err(format!("free slot {id} is linked"));
+            }
+            if slot.prev != prev {
+                return Err(format!("slot {id}: prev {} but reached from {prev}", slot.prev));
+            }
+            prev = id;
+            seen += 1;
+            if seen > self.linked {
+                return Err("list is longer than its count (cycle?)".into());
+            }
+        }
+        if prev != self.tail {
+            return Err(format!("tail is {} but the list ends at {prev}", self.tail));
+        }
+        if seen != self.linked {
+            return Err(format!("{seen} linked slots, count says {}", self.linked));
+        }
+        let occupied = self.slots.iter().filter(|s| s.item.is_some()).count();
+        if occupied != self.occupied {
+            return Err(format!("{occupied} occupied slots, count says {}", self.occupied));
+        }
+        let mut free = 0usize;
+        let mut cursor = self.free;
+        while cursor != NIL {
+            let slot = &self.slots[cursor as usize];
+            if slot.item.is_some() {
+                return Err(format!("occupied slot {cursor} is on the free list"));
+            }
+            free += 1;
+            if free > self.slots.len() {
+                return Err("free list has a cycle".into());
+            }
+            cursor = slot.next;
+        }
+        if free + self.occupied != self.slots.len() {
+            return Err(format!(
+                "{free} free + {} occupied != {} slots",
+                self.occupied,
+                self.slots.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(slab: &LinkedSlab<u32>) -> Vec<u32> {
+        slab.iter_recency()
+            .map(|id| *slab.get(id).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn push_touch_unlink_keep_recency_order() {
+        let mut slab = LinkedSlab::default();
+        let ids: Vec<_> = (0..4).map(|v| slab.insert(v).unwrap()).collect();
+        for &id in &ids {
+            slab.push_front(id);
+        }
+        assert_eq!(order(&slab), [3, 2, 1, 0]);
+        slab.touch(ids[0]);
+        assert_eq!(order(&slab), [0, 3, 2, 1]);
+        slab.unlink(ids[2]);
+        assert_eq!(order(&slab), [0, 3, 1]);
+        assert_eq!(slab.back(), Some(ids[1]));
+        assert_eq!(slab.prev_of(ids[1]), Some(ids[3]));
+        slab.push_back(ids[2]);
+        assert_eq!(order(&slab), [0, 3, 1, 2]);
+        slab.validate().unwrap();
+    }
+
+    #[test]
+    fn removed_slots_are_reused_and_detached_items_stay() {
+        let mut slab = LinkedSlab::default();
+        let a = slab.insert(10).unwrap();
+        let b = slab.insert(11).unwrap();
+        slab.push_front(a);
+        assert_eq!(slab.remove(a), Some(10));
+        assert_eq!(slab.remove(a), None);
+        assert_eq!(slab.linked_len(), 0);
+        let c = slab.insert(12).unwrap();
+        assert_eq!(c, a, "freed slot is reused");
+        assert!(!slab.is_linked(c));
+        assert_eq!(slab.get(b), Some(&11));
+        slab.touch(b); // detached: no effect
+        assert!(!slab.is_linked(b));
+        assert_eq!(slab.len(), 2);
+        slab.validate().unwrap();
+        assert_eq!(slab.drain().len(), 2);
+        assert_eq!(slab.len(), 0);
+        slab.validate().unwrap();
+    }
+
+    #[test]
+    fn random_operations_match_a_vec_model() {
+        // A small deterministic LCG drives a sequence checked against a Vec.
+        let mut state = 0x2545_f491_u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let mut slab = LinkedSlab::default();
+        let mut model: Vec<u32> = Vec::new(); // recency order, head first
+        let mut ids = std::collections::HashMap::new();
+        for step in 0..2000u32 {
+            match next() % 4 {
+                0 => {
+                    let id = slab.insert(step).unwrap();
+                    slab.push_front(id);
+                    model.insert(0, step);
+                    ids.insert(step, id);
+                }
+                1 if !model.is_empty() => {
+                    let v = model[next() as usize % model.len()];
+                    slab.touch(ids[&v]);
+                    model.retain(|&x| x != v);
+                    model.insert(0, v);
+                }
+                2 if !model.is_empty() => {
+                    let v = model[next() as usize % model.len()];
+                    assert_eq!(slab.remove(ids.remove(&v).unwrap()), Some(v));
+                    model.retain(|&x| x != v);
+                }
+                _ => {
+                    if let Some(tail) = slab.back() {
+                        let v = *slab.get(tail).unwrap();
+                        assert_eq!(model.last(), Some(&v));
+                        slab.unlink(tail);
+                        slab.push_front(tail);
+                        model.pop();
+                        model.insert(0, v);
+                    }
+                }
+            }
+            assert_eq!(order(&slab), model);
+        }
+        slab.validate().unwrap();
+    }
+}

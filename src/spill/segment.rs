@@ -1,0 +1,258 @@
+//! One spill file: an append-only segment of records, or a file holding one
+//! large record. This module holds the crate's only `unsafe` code: mapping a
+//! spill file into memory.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::record::{self, HEADER_LEN};
+use super::DirShared;
+use crate::error::Error;
+
+/// A spill file the store created, shared by the records in it.
+///
+/// The file is deleted when the last [`Record`] in it is dropped and the
+/// writer no longer appends to it. Reads go through one shared mapping of the
+/// whole file, made on the first read.
+pub(crate) struct Segment {
+    path: PathBuf,
+    /// Kept open for the segment's whole life: reads and length checks use
+    /// this descriptor, so replacing the path does not redirect them.
+    file: File,
+    /// Inode number, so deletion can check the path still names our file.
+    ino: u64,
+    /// Length the file was created with; all records lie below it.
+    size: u64,
+    /// Records, written or reserved, that still need this file.
+    live: AtomicU64,
+    /// The whole file mapped read-only, once some record was read.
+    map: OnceLock<Bytes>,
+    map_init: Mutex<()>,
+    dir: Weak<DirShared>,
+}
+
+impl Segment {
+    /// Creates a new, empty spill file of `size` bytes at `path`.
+    ///
+    /// Refuses to reuse any existing name, so a file or symlink planted under
+    /// the name is never written through.
+    pub(super) fn create(path: PathBuf, size: u64, dir: Weak<DirShared>) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let ino = match file.metadata() {
+            Ok(m) => m.ino(),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        // A sparse file: blocks are allocated only as records are written, so a
+        // full disk surfaces as a failed write, never as a fault in a mapping.
+        if let Err(e) = file.set_len(size) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Segment {
+            path,
+            file,
+            ino,
+            size,
+            live: AtomicU64::new(0),
+            map: OnceLock::new(),
+            map_init: Mutex::new(()),
+            dir,
+        })
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(super) fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Counts one more record that needs this file. Called by the writer
+    /// while it holds its lock, so retiring the segment cannot race with it.
+    pub(super) fn acquire(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn release(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(dir) = self.dir.upgrade() {
+                dir.retire_if_unused(self);
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`.
+    pub(super) fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io("writing spill file", &self.path, e))
+    }
+
+    /// Reads back value `id` of `len` bytes from the record at `offset`.
+    ///
+    /// The file's current length is checked before the mapping is touched, so
+    /// a file truncated while the store was idle is reported as corrupted
+    /// instead of faulting (SIGBUS); the header and checksum are verified, so
+    /// altered bytes are never returned.
+    fn read(&self, offset: u64, id: u64, len: u64) -> Result<Bytes, Error> {
+        let corrupted = |reason: String| Error::Corrupted {
+            path: self.path.clone(),
+            offset,
+            reason,
+        };
+        let end = offset
+            .checked_add(HEADER_LEN)
+            .and_then(|x| x.checked_add(len))
+            .ok_or_else(|| corrupted(format!("record length {len} overflows")))?;
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("checking spill file", &self.path, e))?
+            .len();
+        if file_len < end {
+            return Err(corrupted(format!(
+                "file is {file_len} bytes, record ends at {end}"
+            )));
+        }
+        let bytes = self.record_bytes(offset, end)?;
+        record::verify(&bytes, id, len).map_err(corrupted)?;
+        Ok(bytes.slice(HEADER_LEN as usize..))
+    }
+
+    /// The bytes `offset..end`, which the caller checked lie within the file.
+    #[cfg(not(miri))]
+    fn record_bytes(&self, offset: u64, end: u64) -> Result<Bytes, Error> {
+        let map = self.mapping()?;
+        if (map.len() as u64) < end {
+            // Mapped while the file was shorter than it is now: it was altered.
+            return Err(Error::Corrupted {
+                path: self.path.clone(),
+                offset,
+                reason: format!("mapping is {} bytes, record ends at {end}", map.len()),
+            });
+        }
+        Ok(map.slice(offset as usize..end as usize))
+    }
+
+    /// Miri cannot map files: read the record instead.
+    #[cfg(miri)]
+    fn record_bytes(&self, offset: u64, end: u64) -> Result<Bytes, Error> {
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io("reading spill file", &self.path, e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// The shared read-only mapping of the whole file, made on first use.
+    #[cfg(not(miri))]
+    fn mapping(&self) -> Result<Bytes, Error> {
+        if let Some(map) = self.map.get() {
+            return Ok(map.clone());
+        }
+        let _init = self.map_init.lock();
+        if let Some(map) = self.map.get() {
+            return Ok(map.clone());
+        }
+        // SAFETY: `Mmap::map` is unsafe because the mapped memory changes or
+        // faults if the file is modified or truncated while mapped. The file
+        // is ours: created with `create_new` in a dump directory that this
+        // store holds locked, sized once at creation and never truncated,
+        // renamed or rewritten afterwards: records are appended into space
+        // no reader has been handed yet, and a record's bytes are never
+        // written again once its value was stored. Deleting the file keeps the
+        // mapping valid. Another process editing the file behind the store's
+        // back is outside this contract; `read` checks the file length right
+        // before every access so that a truncation while the store was idle
+        // yields `Error::Corrupted` instead of a fault, and the checksum
+        // catches altered bytes.
+        let mmap = unsafe { memmap2::Mmap::map(&self.file) }
+            .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
+        let map = Bytes::from_owner(mmap);
+        let _ = self.map.set(map.clone());
+        Ok(map)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino);
+        let dir = self.dir.upgrade();
+        // Delete only the file we created, through a dump dir that is still the
+        // one we locked: never a file someone put in its place.
+        if ours && dir.as_ref().is_none_or(|d| d.dir_is_ours()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        if let Some(dir) = dir {
+            dir.segment_dropped(self.size);
+        }
+    }
+}
+
+/// One value's copy on disk: a record in a segment.
+///
+/// While a `Record` exists its segment file exists; dropping the last record
+/// of a segment deletes the file.
+pub(crate) struct Record {
+    segment: Arc<Segment>,
+    offset: u64,
+}
+
+impl Record {
+    /// A record at `offset` in `segment`; the caller has already counted it
+    /// with [`Segment::acquire`].
+    pub(super) fn new(segment: Arc<Segment>, offset: u64) -> Self {
+        Record { segment, offset }
+    }
+
+    pub(super) fn segment(&self) -> &Arc<Segment> {
+        &self.segment
+    }
+
+    pub(super) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A handle to read this record with no lock held.
+    pub(crate) fn reader(&self) -> RecordReader {
+        RecordReader {
+            segment: Arc::clone(&self.segment),
+            offset: self.offset,
+        }
+    }
+}
+
+/// Reads a record outside the shard's lock. It keeps the file open, not the
+/// record stored: if the value is removed meanwhile, the read still sees the
+/// bytes it had.
+pub(crate) struct RecordReader {
+    segment: Arc<Segment>,
+    offset: u64,
+}
+
+impl RecordReader {
+    /// Reads back value `id` of `len` bytes, verified; see [`Segment::read`].
+    pub(crate) fn read(&self, id: u64, len: u64) -> Result<Bytes, Error> {
+        self.segment.read(self.offset, id, len)
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.segment.release();
+    }
+}

@@ -1,0 +1,96 @@
+//! Counters and the [`Stats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a store's contents and activity, from [`SpillStore::stats`](crate::SpillStore::stats).
+///
+/// The sizes are taken shard by shard, so under concurrent writes they are
+/// each exact for their shard but not one atomic picture of the whole store.
+/// `memory_bytes` and `disk_bytes` count value bytes (payload) only, so
+/// together they are the total size of all stored values.
+///
+/// # Examples
+///
+/// ```
+/// use spillstore::SpillStore;
+///
+/// let store = SpillStore::new();
+/// store.insert("a".to_string(), vec![0u8; 10])?;
+/// store.get("a")?;
+/// store.get("b")?;
+/// let stats = store.stats();
+/// assert_eq!((stats.entries, stats.memory_bytes, stats.disk_bytes), (1, 10, 0));
+/// assert_eq!((stats.hits, stats.misses), (1, 1));
+/// # Ok::<(), spillstore::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Number of stored keys.
+    pub entries: usize,
+    /// Keys whose value is in memory.
+    pub memory_entries: usize,
+    /// Keys whose value is only on disk.
+    pub disk_entries: usize,
+    /// Bytes of the values in memory; never more than `max_size`.
+    pub memory_bytes: u64,
+    /// Bytes of the values only on disk.
+    pub disk_bytes: u64,
+    /// The configured in-memory budget, if any.
+    pub max_size: Option<u64>,
+    /// Spill files in the dump directory now.
+    pub spill_files: usize,
+    /// Bytes those files occupy, as their lengths add up: record headers,
+    /// copies kept for cheap re-eviction and space not yet reclaimed included.
+    pub spill_file_bytes: u64,
+    /// `get` calls served from memory.
+    pub hits: u64,
+    /// `get` calls for absent keys.
+    pub misses: u64,
+    /// `get` calls served from a spill file.
+    pub reloads: u64,
+    /// Value bytes served from spill files.
+    pub reloaded_bytes: u64,
+    /// Values written to spill files.
+    pub spills: u64,
+    /// Value bytes written to spill files.
+    pub spilled_bytes: u64,
+    /// Values moved out of memory without a write, because an intact copy
+    /// from an earlier spill was still on disk.
+    pub respills: u64,
+    /// Reads that found a spilled value corrupted.
+    pub corruptions: u64,
+}
+
+/// Activity counters of one shard; relaxed atomics, read only for [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) reloads: AtomicU64,
+    pub(crate) reloaded_bytes: AtomicU64,
+    pub(crate) spills: AtomicU64,
+    pub(crate) spilled_bytes: AtomicU64,
+    pub(crate) respills: AtomicU64,
+    pub(crate) corruptions: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Adds this shard's counters into `stats`.
+    pub(crate) fn add_to(&self, stats: &mut Stats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        stats.hits += get(&self.hits);
+        stats.misses += get(&self.misses);
+        stats.reloads += get(&self.reloads);
+        stats.reloaded_bytes += get(&self.reloaded_bytes);
+        stats.spills += get(&self.spills);
+        stats.spilled_bytes += get(&self.spilled_bytes);
+        stats.respills += get(&self.respills);
+        stats.corruptions += get(&self.corruptions);
+    }
+}

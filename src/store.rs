@@ -1,0 +1,543 @@
+//! [`SpillStore`]: hash once, route to a shard, and nothing more.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::path::Path;
+
+use bytes::Bytes;
+use crossbeam::utils::CachePadded;
+use rayon::prelude::*;
+
+use crate::config::{Builder, Config};
+use crate::error::{Error, LimitKind};
+use crate::shard::Shard;
+use crate::spill::SpillDir;
+use crate::stats::Stats;
+
+/// Where a stored value is held.
+///
+/// # Examples
+///
+/// ```
+/// use spillstore::{Location, SpillStore};
+///
+/// let store = SpillStore::new();
+/// store.insert("k".to_string(), "v")?;
+/// assert_eq!(store.location("k"), Some(Location::Memory));
+/// assert_eq!(store.location("absent"), None);
+/// # Ok::<(), spillstore::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// In memory: a `get` returns it without reading a file.
+    Memory,
+    /// Only in a spill file: a `get` reads it back.
+    File,
+}
+
+/// A concurrent, sharded blob store that keeps a bounded number of bytes in
+/// memory and spills the least recently used values to files.
+///
+/// All methods take `&self` (except [`cleanup`](Self::cleanup)), so one store
+/// is shared between threads behind an `Arc`. See the [crate docs](crate) for
+/// the design and the guarantees.
+///
+/// # Examples
+///
+/// ```
+/// use spillstore::{Location, SpillStore};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SpillStore::builder()
+///     .max_size(100)
+///     .dump_dir(dir.path())
+///     .shards(1)
+///     .build()?;
+/// for i in 0..20 {
+///     store.insert(i.to_string(), vec![i as u8; 10])?;
+/// }
+/// // 100 bytes fit in memory; the ten least recently used went to disk.
+/// assert_eq!(store.location("0"), Some(Location::File));
+/// assert_eq!(store.location("19"), Some(Location::Memory));
+/// // Reading a spilled value brings it back (and spills another).
+/// assert_eq!(store.get("0")?.as_deref(), Some(&[0u8; 10][..]));
+/// assert_eq!(store.location("0"), Some(Location::Memory));
+/// # Ok::<(), spillstore::Error>(())
+/// ```
+pub struct SpillStore<K: Send + Sync = String> {
+    shards: Box<[CachePadded<Shard<K>>]>,
+    hasher: ahash::RandomState,
+    max_size: Option<u64>,
+    max_object_size: Option<u64>,
+    /// Declared after `shards`: on drop the records go before the directory.
+    spill: Option<SpillDir>,
+}
+
+impl SpillStore<String> {
+    /// An unbounded in-memory store with `String` keys, like
+    /// `EndpointStorage()` with no arguments.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("key".to_string(), b"value".to_vec())?;
+    /// assert_eq!(store.get("key")?.as_deref(), Some(&b"value"[..]));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn new() -> Self {
+        Builder::new()
+            .build()
+            .expect("an unbounded store needs no I/O and cannot fail")
+    }
+}
+
+impl Default for SpillStore<String> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Send + Sync> std::fmt::Debug for SpillStore<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillStore")
+            .field("shards", &self.shards.len())
+            .field("max_size", &self.max_size)
+            .field("max_object_size", &self.max_object_size)
+            .field("dump_dir", &self.spill.as_ref().map(|s| s.path()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> SpillStore<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A [`Builder`] for a store with keys of type `K`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::<u64>::builder().build()?;
+    /// store.insert(7, vec![1, 2, 3])?;
+    /// assert_eq!(store.get(&7)?.unwrap().as_ref(), &[1, 2, 3]);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn builder() -> Builder<K> {
+        Builder::new()
+    }
+
+    /// Builds the store from validated settings.
+    ///
+    /// Sharding math: the shard count `n` is a power of two; shard `i` owns
+    /// `max_size / n` bytes plus one more byte if `i < max_size % n`, so the
+    /// shares add up to exactly `max_size`. A key's shard is picked by bits
+    /// 32 and up of its 64-bit hash; the shard's hash table uses the low bits
+    /// for its bucket and the top seven as tags, so the two never overlap
+    /// (for up to 2^25 shards).
+    pub(crate) fn with_config(config: Config) -> Result<Self, Error> {
+        let spill = match &config.dump_dir {
+            Some(dir) => Some(SpillDir::open(dir.clone(), config.segment_size)?),
+            None => None,
+        };
+        let hasher = ahash::RandomState::new();
+        let n = config.shards as u64;
+        let shards = (0..n)
+            .map(|i| {
+                let budget = config
+                    .max_size
+                    .map_or(u64::MAX, |max| max / n + u64::from(i < max % n));
+                CachePadded::new(Shard::new(budget, hasher.clone()))
+            })
+            .collect();
+        Ok(SpillStore {
+            shards,
+            hasher,
+            max_size: config.max_size,
+            max_object_size: config.max_object_size,
+            spill,
+        })
+    }
+
+    fn route<Q: Hash + ?Sized>(&self, key: &Q) -> (&Shard<K>, u64) {
+        let hash = self.hasher.hash_one(key);
+        let index = (hash >> 32) as usize & (self.shards.len() - 1);
+        (&self.shards[index], hash)
+    }
+
+    /// Stores `value` under `key`, replacing any previous value (whose memory
+    /// and spill file space are freed). Makes room by spilling least recently
+    /// used values to the dump directory.
+    ///
+    /// A value larger than its shard's share of `max_size` (possible with
+    /// several shards) is written straight to disk and later served from
+    /// its file without being brought into memory.
+    ///
+    /// # Errors
+    ///
+    /// `ObjectTooLarge` when the value exceeds `max_object_size` ("object
+    /// limit") or `max_size` ("memory limit"); `Io` when a spill needed to
+    /// make room cannot be written (the disk is full, say). On error the key
+    /// is not stored, a previous value under it stays, and every other value
+    /// stays readable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "first")?;
+    /// store.insert("k".to_string(), "second")?;
+    /// assert_eq!(store.get("k")?.as_deref(), Some(&b"second"[..]));
+    /// assert_eq!(store.stats().memory_bytes, 6);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn insert(&self, key: K, value: impl Into<Bytes>) -> Result<(), Error> {
+        let value = value.into();
+        let size = value.len() as u64;
+        if let Some(limit) = self.max_object_size.filter(|&l| size > l) {
+            return Err(Error::ObjectTooLarge {
+                size,
+                limit,
+                kind: LimitKind::Object,
+            });
+        }
+        if let Some(limit) = self.max_size.filter(|&l| size > l) {
+            return Err(Error::ObjectTooLarge {
+                size,
+                limit,
+                kind: LimitKind::Memory,
+            });
+        }
+        let (shard, hash) = self.route(&key);
+        shard.insert(key, hash, value, self.spill.as_ref())
+    }
+
+    /// The value of `key`, or `None` if absent.
+    ///
+    /// A value in memory is returned as a cheap clone and marked most
+    /// recently used. A spilled value is read back through a shared memory
+    /// mapping of its file, verified against its checksum, returned without
+    /// copying and brought back into memory (spilling others to make room).
+    /// If no room can be made, it is still returned, just not brought back.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupted` when the spilled value's file was altered or truncated
+    /// (the entry stays until removed or replaced); `Io` when the file cannot
+    /// be read or mapped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "v")?;
+    /// assert_eq!(store.get("k")?.as_deref(), Some(&b"v"[..]));
+    /// assert_eq!(store.get("nope")?, None);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<Bytes>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        Ok(self.get_with_location(key)?.map(|(value, _)| value))
+    }
+
+    /// Like [`get`](Self::get), and also says where this call found the
+    /// value: [`Location::File`] means it was read back from disk.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Location, SpillStore};
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "v")?;
+    /// let (value, from) = store.get_with_location("k")?.unwrap();
+    /// assert_eq!((value.as_ref(), from), (&b"v"[..], Location::Memory));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn get_with_location<Q>(&self, key: &Q) -> Result<Option<(Bytes, Location)>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        shard.get(key, hash, self.spill.as_ref())
+    }
+
+    /// Removes `key` and frees its memory and disk space; returns whether it
+    /// was there. Never reads the value back from disk.
+    ///
+    /// # Errors
+    ///
+    /// Currently never fails; the `Result` leaves room for I/O reporting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "v")?;
+    /// assert!(store.remove("k")?);
+    /// assert!(!store.remove("k")?);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Result<bool, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        Ok(shard.remove(key, hash))
+    }
+
+    /// Whether `key` is stored, in memory or on disk. Does not change the
+    /// LRU order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "v")?;
+    /// assert!(store.contains_key("k"));
+    /// assert!(!store.contains_key("x"));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.location(key).is_some()
+    }
+
+    /// Where the value of `key` is now, or `None` if absent. Does not change
+    /// the LRU order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Location, SpillStore};
+    ///
+    /// let store = SpillStore::new();
+    /// store.insert("k".to_string(), "v")?;
+    /// assert_eq!(store.location("k"), Some(Location::Memory));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn location<Q>(&self, key: &Q) -> Option<Location>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        shard.location(key, hash)
+    }
+
+    /// Number of stored keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// store.insert("a".to_string(), "1")?;
+    /// assert_eq!(store.len(), 1);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// Whether no key is stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// assert!(store.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.len() == 0)
+    }
+
+    /// A snapshot of the stored keys, in no particular order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// store.insert("a".to_string(), "1")?;
+    /// store.insert("b".to_string(), "2")?;
+    /// let mut keys = store.keys();
+    /// keys.sort();
+    /// assert_eq!(keys, ["a", "b"]);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn keys(&self) -> Vec<K> {
+        let mut keys = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            shard.collect_keys(&mut keys);
+        }
+        keys
+    }
+
+    /// Removes every key and deletes every spilled file; the shards are
+    /// cleared in parallel. The dump directory and its lock stay.
+    ///
+    /// # Errors
+    ///
+    /// Currently never fails; the `Result` leaves room for I/O reporting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// store.insert("a".to_string(), "1")?;
+    /// store.clear()?;
+    /// assert!(store.is_empty());
+    /// assert_eq!(store.stats().memory_bytes, 0);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn clear(&self) -> Result<(), Error> {
+        self.shards.par_iter().for_each(|shard| shard.clear());
+        Ok(())
+    }
+
+    /// Clears the store, then removes the dump directory if nothing but the
+    /// store's own files was in it.
+    ///
+    /// # Errors
+    ///
+    /// `Io` when the emptied directory cannot be removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let parent = tempfile::tempdir().unwrap();
+    /// let dir = parent.path().join("dump");
+    /// let store = SpillStore::builder().max_size(10).dump_dir(&dir).build()?;
+    /// store.insert("a".to_string(), vec![0u8; 8])?;
+    /// store.insert("b".to_string(), vec![0u8; 8])?;
+    /// store.cleanup()?;
+    /// assert!(!dir.exists());
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn cleanup(mut self) -> Result<(), Error> {
+        self.clear()?;
+        let Some(spill) = self.spill.take() else {
+            return Ok(());
+        };
+        let path = spill.path().to_path_buf();
+        drop(spill);
+        match std::fs::remove_dir(&path) {
+            Ok(()) => Ok(()),
+            // Someone else's files are in it: leave them and the directory.
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing dump dir", path, e)),
+        }
+    }
+
+    /// Sizes and activity counters; see [`Stats`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// store.insert("a".to_string(), vec![0u8; 5])?;
+    /// assert_eq!(store.stats().memory_bytes, 5);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            max_size: self.max_size,
+            ..Stats::default()
+        };
+        for shard in self.shards.iter() {
+            shard.add_stats(&mut stats);
+        }
+        if let Some(spill) = &self.spill {
+            let usage = spill.usage();
+            stats.spill_files = usage.files;
+            stats.spill_file_bytes = usage.bytes;
+        }
+        stats
+    }
+
+    /// The dump directory, if the store spills.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// assert!(store.dump_dir().is_none());
+    /// ```
+    pub fn dump_dir(&self) -> Option<&Path> {
+        self.spill.as_ref().map(|s| s.path())
+    }
+
+    /// Number of shards (a power of two).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::<String>::builder().shards(5).build()?;
+    /// assert_eq!(store.shard_count(), 8);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Walks every shard and checks every internal invariant (index and LRU
+    /// list agree, byte counts add up, no shard over its budget). It takes
+    /// each shard's lock in turn and costs O(entries): it is meant for tests
+    /// and fuzzing, not for production paths.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first violated invariant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let store = spillstore::SpillStore::new();
+    /// store.insert("a".to_string(), "1")?;
+    /// assert_eq!(store.validate(), Ok(()));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        let mut memory = 0;
+        for (i, shard) in self.shards.iter().enumerate() {
+            shard.validate().map_err(|e| format!("shard {i}: {e}"))?;
+            memory += shard.budget().min(u64::MAX / self.shards.len() as u64);
+        }
+        if let Some(max) = self.max_size {
+            if memory != max {
+                return Err(format!("shard budgets add up to {memory}, not {max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K: Send + Sync> Drop for SpillStore<K> {
+    /// Deletes all spilled data (the shards are emptied in parallel) and the
+    /// lock file; the dump directory itself stays.
+    fn drop(&mut self) {
+        self.shards.par_iter().for_each(|shard| shard.clear());
+    }
+}
