@@ -1,0 +1,233 @@
+//! The dump directory's life: locking, naming, cleanup, and what the store
+//! leaves behind.
+
+mod common;
+
+use std::fs;
+
+use common::{data_files, store, value};
+use spillstore::{Error, Location, SpillStore};
+
+#[test]
+fn a_second_store_on_the_same_dir_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = store(dir.path(), 100, 1);
+    let second = SpillStore::<String>::builder()
+        .max_size(100)
+        .dump_dir(dir.path().join("dump"))
+        .build();
+    match second {
+        Err(e @ Error::DirLocked { .. }) => assert!(e.to_string().contains("locked")),
+        other => panic!("{other:?}"),
+    }
+    drop(first);
+    store(dir.path(), 100, 1);
+}
+
+#[test]
+fn a_dump_dir_that_is_a_file_or_cannot_be_created_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let err = SpillStore::<String>::builder()
+        .max_size(10)
+        .dump_dir(&file)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    let err = SpillStore::<String>::builder()
+        .max_size(10)
+        .dump_dir(file.join("below-a-file"))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("below-a-file"), "{err}");
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
+fn dropping_the_store_removes_its_data_but_not_foreign_files() {
+    let parent = tempfile::tempdir().unwrap();
+    let dump = parent.path().join("dump");
+    fs::create_dir(&dump).unwrap();
+    fs::write(dump.join("foreign.txt"), b"mine").unwrap();
+    // A leftover with the store's own naming pattern is not the store's.
+    fs::write(dump.join("spill-00000000.seg"), b"old").unwrap();
+    let s = store(parent.path(), 100, 2);
+    for i in 0..100u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    assert!(data_files(&dump).len() > 2);
+    drop(s);
+    assert_eq!(data_files(&dump), ["foreign.txt", "spill-00000000.seg"]);
+    assert_eq!(fs::read(dump.join("spill-00000000.seg")).unwrap(), b"old");
+    assert!(!dump.join(".spillstore.lock").exists());
+}
+
+#[test]
+fn cleanup_removes_the_dir_only_if_it_held_only_our_files() {
+    let parent = tempfile::tempdir().unwrap();
+    let s = store(parent.path(), 50, 1);
+    for i in 0..20u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    s.cleanup().unwrap();
+    assert!(!parent.path().join("dump").exists());
+
+    let s = store(parent.path(), 50, 1);
+    fs::write(parent.path().join("dump/keep.txt"), b"k").unwrap();
+    for i in 0..20u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    s.cleanup().unwrap();
+    assert_eq!(data_files(&parent.path().join("dump")), ["keep.txt"]);
+}
+
+#[test]
+fn after_removing_every_key_the_dir_is_as_it_started() {
+    let parent = tempfile::tempdir().unwrap();
+    let s: SpillStore = SpillStore::builder()
+        .max_size(4096)
+        .dump_dir(parent.path().join("dump"))
+        .segment_size(8192)
+        .shards(4)
+        .build()
+        .unwrap();
+    let start = data_files(&parent.path().join("dump"));
+    for round in 0..3u64 {
+        for i in 0..500u64 {
+            s.insert(i.to_string(), value(i + round, (i % 300) as usize)).unwrap();
+        }
+        for i in (0..500u64).step_by(3) {
+            assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i + round, (i % 300) as usize));
+        }
+    }
+    assert!(s.stats().spill_files > 1);
+    for i in 0..500u64 {
+        assert!(s.remove(&i.to_string()).unwrap());
+    }
+    let st = s.stats();
+    assert_eq!((st.spill_files, st.spill_file_bytes, st.disk_bytes, st.memory_bytes), (0, 0, 0, 0));
+    assert_eq!(data_files(&parent.path().join("dump")), start);
+}
+
+#[test]
+fn objects_larger_than_a_shard_share_live_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 shards share 800 bytes: 100 each; a 500-byte value exceeds a share.
+    let s = store(dir.path(), 800, 8);
+    s.insert("big".into(), value(1, 500)).unwrap();
+    assert_eq!(s.location("big"), Some(Location::File));
+    let (bytes, from) = s.get_with_location("big").unwrap().unwrap();
+    assert_eq!((bytes.as_ref(), from), (&value(1, 500)[..], Location::File));
+    // Served from its file, never promoted: memory stays within budget.
+    assert_eq!(s.location("big"), Some(Location::File));
+    assert_eq!(s.stats().disk_bytes, 500);
+    s.insert("big".into(), value(2, 800)).unwrap();
+    assert_eq!(s.get("big").unwrap().unwrap(), value(2, 800));
+    s.validate().unwrap();
+}
+
+#[test]
+fn large_values_get_their_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s: SpillStore = SpillStore::builder()
+        .max_size(40_000)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(16_384)
+        .shards(1)
+        .build()
+        .unwrap();
+    for i in 0..10u64 {
+        s.insert(i.to_string(), value(i, 10_000)).unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.disk_entries, 6);
+    assert_eq!(st.spill_files, 6, "each large value in a file of its own");
+    for i in 0..10u64 {
+        assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i, 10_000));
+    }
+    s.validate().unwrap();
+}
+
+#[test]
+fn a_promoted_value_is_evicted_again_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 30, 1);
+    for i in 0..4u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    assert_eq!(s.location("0"), Some(Location::File));
+    s.get("0").unwrap(); // promotes "0", spills "1"
+    let before = s.stats();
+    s.insert("4".into(), value(4, 10)).unwrap(); // evicts "2"
+    s.get("1").unwrap(); // promotes "1", evicts "3"
+    s.insert("5".into(), value(5, 10)).unwrap(); // evicts "0": copy on disk
+    let after = s.stats();
+    assert_eq!(s.location("0"), Some(Location::File));
+    assert_eq!(after.respills - before.respills, 1);
+    assert_eq!(after.spills - before.spills, 2);
+    assert_eq!(s.get("0").unwrap().unwrap(), value(0, 10));
+    s.validate().unwrap();
+}
+
+#[test]
+fn a_symlink_planted_under_a_spill_name_is_not_written_through() {
+    let parent = tempfile::tempdir().unwrap();
+    let dump = parent.path().join("dump");
+    fs::create_dir(&dump).unwrap();
+    let target = parent.path().join("target");
+    fs::write(&target, b"precious").unwrap();
+    for n in 0..4 {
+        std::os::unix::fs::symlink(&target, dump.join(format!("spill-{n:08}.seg"))).unwrap();
+    }
+    let s = store(parent.path(), 20, 1);
+    for i in 0..20u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    for i in 0..20u64 {
+        assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i, 10));
+    }
+    s.cleanup().unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+    for n in 0..4 {
+        assert!(fs::symlink_metadata(dump.join(format!("spill-{n:08}.seg"))).is_ok());
+    }
+}
+
+#[test]
+fn the_dump_dir_replaced_under_a_live_store_gives_errors_not_stray_writes() {
+    let parent = tempfile::tempdir().unwrap();
+    let dump = parent.path().join("dump");
+    let s: SpillStore = SpillStore::builder()
+        .max_size(20)
+        .dump_dir(&dump)
+        .segment_size(4096)
+        .shards(1)
+        .build()
+        .unwrap();
+    for i in 0..4u64 {
+        s.insert(i.to_string(), value(i, 10)).unwrap();
+    }
+    fs::rename(&dump, parent.path().join("moved")).unwrap();
+    let elsewhere = parent.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dump).unwrap();
+    // Appends go on into the already open segment (our own file, moved); a
+    // new segment would have to be created in the replaced dir: refused.
+    let mut failed = 0;
+    for i in 4..400u64 {
+        match s.insert(i.to_string(), value(i, 10)) {
+            Ok(()) => {}
+            Err(Error::Io(_)) => failed += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(failed > 0);
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "wrote outside");
+    // Values spilled before the swap are still readable through open files.
+    for i in 0..4u64 {
+        assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i, 10));
+    }
+    s.validate().unwrap();
+}
