@@ -194,7 +194,11 @@ impl<K> Builder<K> {
         if self.max_size == Some(0) {
             return invalid("max_size must be positive".into());
         }
-        if self.dump_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if self
+            .dump_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return invalid("dump_dir must not be empty".into());
         }
         let requested = match self.shards {

@@ -43,12 +43,14 @@
 //! memory), writes them with the lock released, then marks them on disk.
 //! Small values are appended as checksummed records to shared 16 MiB segment
 //! files; large ones get files of their own. A `get` of a spilled value
-//! checks the file's length, verifies the record against its checksum and
-//! returns a slice of the file's shared read-only mapping (no copy); the
-//! value becomes resident again and keeps its disk copy, so evicting it a
-//! second time needs no write. A file is deleted as soon as no value needs
-//! it. A value larger than its shard's share is written straight to disk and
-//! served from there.
+//! checks the file's length and reads the record through the file's shared
+//! read-only mapping (no system call, no mapping per value). A value that
+//! becomes resident again is copied out of the mapping and the copy is
+//! verified against the checksum, so a resident value never depends on a
+//! file; it keeps its disk copy, so evicting it a second time needs no
+//! write. A value larger than its shard's share is written straight to disk
+//! and served as a verified slice of the mapping, without a copy. A file is
+//! deleted as soon as no value needs it.
 //!
 //! # Guarantees
 //!
@@ -66,9 +68,9 @@
 //!   never opened, and the store only deletes files it created.
 //! - One live store per dump directory (an exclusive file lock).
 //! - Not promised: persistence (dropping the store deletes its spilled data),
-//!   and safety against files being edited while a read is in flight or
-//!   after a value was read back (those bytes are shared with the file's
-//!   mapping, like any memory-mapped data).
+//!   and safety against spill files being edited while a read is in flight,
+//!   or while the caller still holds bytes of a value served from disk
+//!   without promotion (those share the file's pages, like any mapped data).
 //!
 //! # Per-entry overhead
 //!

@@ -246,7 +246,10 @@ impl<T> LinkedSlab<T> {
                 return Err(format!("free slot {id} is linked"));
             }
             if slot.prev != prev {
-                return Err(format!("slot {id}: prev {} but reached from {prev}", slot.prev));
+                return Err(format!(
+                    "slot {id}: prev {} but reached from {prev}",
+                    slot.prev
+                ));
             }
             prev = id;
             seen += 1;
@@ -262,7 +265,10 @@ impl<T> LinkedSlab<T> {
         }
         let occupied = self.slots.iter().filter(|s| s.item.is_some()).count();
         if occupied != self.occupied {
-            return Err(format!("{occupied} occupied slots, count says {}", self.occupied));
+            return Err(format!(
+                "{occupied} occupied slots, count says {}",
+                self.occupied
+            ));
         }
         let mut free = 0usize;
         let mut cursor = self.free;
@@ -344,7 +350,9 @@ mod tests {
         // A small deterministic LCG drives a sequence checked against a Vec.
         let mut state = 0x2545_f491_u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as u32
         };
         let mut slab = LinkedSlab::default();

@@ -136,11 +136,29 @@ where
             bump(&self.counters.spills, 1);
             bump(&self.counters.spilled_bytes, len);
             let mut state = self.lock();
-            state.put(key, hash, id, len, None, record, &self.hasher, &mut deferred);
+            state.put(
+                key,
+                hash,
+                id,
+                len,
+                None,
+                record,
+                &self.hasher,
+                &mut deferred,
+            );
             return Ok(());
         }
         let mut state = self.lock_with_room(len, Some((&key, hash)), spill, &mut deferred)?;
-        state.put(key, hash, id, len, Some(value), None, &self.hasher, &mut deferred);
+        state.put(
+            key,
+            hash,
+            id,
+            len,
+            Some(value),
+            None,
+            &self.hasher,
+            &mut deferred,
+        );
         Ok(())
     }
 
@@ -169,11 +187,23 @@ where
                 bump(&self.counters.hits, 1);
                 return Ok(Some((value, Location::Memory)));
             }
-            let record = entry.disk.as_ref().expect("a value not in memory is on disk");
+            let record = entry
+                .disk
+                .as_ref()
+                .expect("a value not in memory is on disk");
             (record.reader(), entry.id, entry.len)
         };
         let (reader, id, len) = pending;
-        let bytes = match reader.read(id, len) {
+        // A value that will be resident again is copied out of the mapping,
+        // so later hits never depend on the file; one that stays on disk is
+        // handed out as a slice of the mapping.
+        let promotable = len <= self.budget;
+        let read = if promotable {
+            reader.read_copy(id, len)
+        } else {
+            reader.read_mapped(id, len)
+        };
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) => {
                 if matches!(e, Error::Corrupted { .. }) {
@@ -184,7 +214,7 @@ where
         };
         bump(&self.counters.reloads, 1);
         bump(&self.counters.reloaded_bytes, len);
-        if len <= self.budget {
+        if promotable {
             self.promote(key, hash, id, &bytes, spill);
         }
         Ok(Some((bytes, Location::File)))
@@ -487,7 +517,6 @@ impl<K> Shard<K> {
         };
         drop(entries);
     }
-
 }
 
 impl<K> State<K> {

@@ -96,10 +96,14 @@ fn after_removing_every_key_the_dir_is_as_it_started() {
     let start = data_files(&parent.path().join("dump"));
     for round in 0..3u64 {
         for i in 0..500u64 {
-            s.insert(i.to_string(), value(i + round, (i % 300) as usize)).unwrap();
+            s.insert(i.to_string(), value(i + round, (i % 300) as usize))
+                .unwrap();
         }
         for i in (0..500u64).step_by(3) {
-            assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i + round, (i % 300) as usize));
+            assert_eq!(
+                s.get(&i.to_string()).unwrap().unwrap(),
+                value(i + round, (i % 300) as usize)
+            );
         }
     }
     assert!(s.stats().spill_files > 1);
@@ -107,7 +111,15 @@ fn after_removing_every_key_the_dir_is_as_it_started() {
         assert!(s.remove(&i.to_string()).unwrap());
     }
     let st = s.stats();
-    assert_eq!((st.spill_files, st.spill_file_bytes, st.disk_bytes, st.memory_bytes), (0, 0, 0, 0));
+    assert_eq!(
+        (
+            st.spill_files,
+            st.spill_file_bytes,
+            st.disk_bytes,
+            st.memory_bytes
+        ),
+        (0, 0, 0, 0)
+    );
     assert_eq!(data_files(&parent.path().join("dump")), start);
 }
 
@@ -224,7 +236,11 @@ fn the_dump_dir_replaced_under_a_live_store_gives_errors_not_stray_writes() {
         }
     }
     assert!(failed > 0);
-    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "wrote outside");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "wrote outside"
+    );
     // Values spilled before the swap are still readable through open files.
     for i in 0..4u64 {
         assert_eq!(s.get(&i.to_string()).unwrap().unwrap(), value(i, 10));

@@ -42,7 +42,13 @@ impl Lru {
     }
 
     /// Evicts from the tail, never `keep`, until `len` more bytes fit.
-    fn make_room(&mut self, values: &HashMap<u8, Vec<u8>>, budget: usize, len: usize, keep: Option<u8>) {
+    fn make_room(
+        &mut self,
+        values: &HashMap<u8, Vec<u8>>,
+        budget: usize,
+        len: usize,
+        keep: Option<u8>,
+    ) {
         let credit = keep
             .filter(|k| self.resident.contains(k))
             .map_or(0, |k| values[&k].len());
@@ -59,7 +65,7 @@ impl Lru {
         }
     }
 
-    fn to_front(&mut self, k: u8) {
+    fn make_most_recent(&mut self, k: u8) {
         self.resident.retain(|&x| x != k);
         self.resident.insert(0, k);
     }
@@ -84,13 +90,17 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
                 let v = common::value(u64::from(tag) << 8 | u64::from(k), len);
                 let result = store.insert(k, v.clone());
                 if len as u64 > max_size {
-                    prop_assert!(matches!(result, Err(Error::ObjectTooLarge { .. })), "{:?}", result);
+                    prop_assert!(
+                        matches!(result, Err(Error::ObjectTooLarge { .. })),
+                        "{:?}",
+                        result
+                    );
                 } else {
                     prop_assert!(result.is_ok(), "{:?}", result);
                     if exact_lru {
                         lru.make_room(&model, budget, len, Some(k));
                         model.insert(k, v);
-                        lru.to_front(k);
+                        lru.make_most_recent(k);
                     } else {
                         model.insert(k, v);
                     }
@@ -105,7 +115,7 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
                         let len = model[&k].len();
                         lru.make_room(&model, budget, len, None);
                     }
-                    lru.to_front(k);
+                    lru.make_most_recent(k);
                 }
             }
             Op::Remove(k) => {
@@ -151,7 +161,10 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
     for k in model.keys() {
         prop_assert!(store.remove(k).unwrap());
     }
-    prop_assert_eq!(common::data_files(&dir.path().join("dump")), Vec::<String>::new());
+    prop_assert_eq!(
+        common::data_files(&dir.path().join("dump")),
+        Vec::<String>::new()
+    );
     Ok(())
 }
 

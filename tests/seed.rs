@@ -40,7 +40,10 @@ fn max_size_and_dump_dir_go_together() {
     let only_dir = SpillStore::<String>::builder().dump_dir(dir.path()).build();
     assert!(matches!(only_dir, Err(Error::InvalidConfig(_))));
     let message = only_dir.unwrap_err().to_string();
-    assert!(message.contains("both of max_size and dump_dir"), "{message}");
+    assert!(
+        message.contains("both of max_size and dump_dir"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -67,7 +70,13 @@ fn oversized_objects_are_refused_with_the_limit_named() {
         .build()
         .unwrap();
     match s.insert("k".into(), vec![0u8; 51]) {
-        Err(e @ Error::ObjectTooLarge { size: 51, limit: 50, kind: LimitKind::Object }) => {
+        Err(
+            e @ Error::ObjectTooLarge {
+                size: 51,
+                limit: 50,
+                kind: LimitKind::Object,
+            },
+        ) => {
             assert!(e.to_string().contains("object limit"), "{e}")
         }
         other => panic!("{other:?}"),
@@ -78,7 +87,13 @@ fn oversized_objects_are_refused_with_the_limit_named() {
         .build()
         .unwrap();
     match s.insert("k".into(), vec![0u8; 101]) {
-        Err(e @ Error::ObjectTooLarge { size: 101, limit: 100, kind: LimitKind::Memory }) => {
+        Err(
+            e @ Error::ObjectTooLarge {
+                size: 101,
+                limit: 100,
+                kind: LimitKind::Memory,
+            },
+        ) => {
             assert!(e.to_string().contains("memory limit"), "{e}")
         }
         other => panic!("{other:?}"),
@@ -169,7 +184,11 @@ fn replacing_frees_old_memory_and_file() {
     for i in 0..10 {
         s.remove(&key(i)).unwrap();
     }
-    assert_eq!(data_files(&dump), Vec::<String>::new(), "old spill data leaked");
+    assert_eq!(
+        data_files(&dump),
+        Vec::<String>::new(),
+        "old spill data leaked"
+    );
     let st = s.stats();
     assert_eq!((st.memory_bytes, st.disk_bytes, st.entries), (5, 0, 1));
     s.validate().unwrap();

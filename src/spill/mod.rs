@@ -88,8 +88,7 @@ impl SpillDir {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&path)
-                    .map_err(|e| Error::io("creating dump dir", &path, e))?;
+                fs::create_dir_all(&path).map_err(|e| Error::io("creating dump dir", &path, e))?;
             }
             Err(e) => return Err(Error::io("opening dump dir", &path, e)),
         }

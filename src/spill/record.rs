@@ -47,39 +47,57 @@ pub(crate) fn header(id: u64, value: &[u8]) -> [u8; HEADER_LEN as usize] {
     h
 }
 
-/// Checks that `record` (header and value) holds value `id` of `len` bytes.
+/// Checks that `header` describes value `id` of `len` bytes.
 ///
 /// Returns what is wrong, as the reason of an `Error::Corrupted`.
-pub(crate) fn verify(record: &[u8], id: u64, len: u64) -> Result<(), String> {
-    let Some(expected_len) = len.checked_add(HEADER_LEN) else {
-        return Err(format!("value length {len} overflows"));
-    };
-    if record.len() as u64 != expected_len {
-        return Err(format!(
-            "record is {} bytes, expected {expected_len}",
-            record.len()
-        ));
+pub(crate) fn check_header(header: &[u8], id: u64, len: u64) -> Result<(), String> {
+    if header.len() as u64 != HEADER_LEN {
+        return Err(format!("header is {} bytes", header.len()));
     }
-    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
-    if record[0..4] != MAGIC {
+    if header[0..4] != MAGIC {
         return Err("bad magic".into());
     }
-    if word(8) != id {
-        return Err(format!("holds entry {} instead of {id}", word(8)));
+    let stored_id = word(header, 8);
+    if stored_id != id {
+        return Err(format!("holds entry {stored_id} instead of {id}"));
     }
-    if word(16) != len {
-        return Err(format!("length field {} instead of {len}", word(16)));
+    let stored_len = word(header, 16);
+    if stored_len != len {
+        return Err(format!("length field {stored_len} instead of {len}"));
     }
-    let value = &record[HEADER_LEN as usize..];
-    if word(24) != checksum(value) {
+    Ok(())
+}
+
+/// Checks `value` against the checksum in its record's `header`.
+pub(crate) fn check_value(header: &[u8], value: &[u8]) -> Result<(), String> {
+    if word(header, 24) != checksum(value) {
         return Err("checksum mismatch".into());
     }
     Ok(())
 }
 
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks a whole record the way a reload does.
+    fn verify(record: &[u8], id: u64, len: u64) -> Result<(), String> {
+        if (record.len() as u64) < HEADER_LEN {
+            return Err("short".into());
+        }
+        let (header, value) = record.split_at(HEADER_LEN as usize);
+        check_header(header, id, len)?;
+        if value.len() as u64 != len {
+            return Err("value length".into());
+        }
+        check_value(header, value)
+    }
 
     fn record(id: u64, value: &[u8]) -> Vec<u8> {
         let mut r = header(id, value).to_vec();

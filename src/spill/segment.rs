@@ -107,8 +107,10 @@ impl Segment {
     /// The file's current length is checked before the mapping is touched, so
     /// a file truncated while the store was idle is reported as corrupted
     /// instead of faulting (SIGBUS); the header and checksum are verified, so
-    /// altered bytes are never returned.
-    fn read(&self, offset: u64, id: u64, len: u64) -> Result<Bytes, Error> {
+    /// altered bytes are never returned. With `copy`, the value is copied out
+    /// of the mapping first and the copy is what gets verified and returned:
+    /// it no longer depends on the file at all.
+    fn read(&self, offset: u64, id: u64, len: u64, copy: bool) -> Result<Bytes, Error> {
         let corrupted = |reason: String| Error::Corrupted {
             path: self.path.clone(),
             offset,
@@ -128,9 +130,16 @@ impl Segment {
                 "file is {file_len} bytes, record ends at {end}"
             )));
         }
-        let bytes = self.record_bytes(offset, end)?;
-        record::verify(&bytes, id, len).map_err(corrupted)?;
-        Ok(bytes.slice(HEADER_LEN as usize..))
+        let record = self.record_bytes(offset, end)?;
+        let header = &record[..HEADER_LEN as usize];
+        record::check_header(header, id, len).map_err(corrupted)?;
+        let value = if copy {
+            Bytes::copy_from_slice(&record[HEADER_LEN as usize..])
+        } else {
+            record.slice(HEADER_LEN as usize..)
+        };
+        record::check_value(header, &value).map_err(corrupted)?;
+        Ok(value)
     }
 
     /// The bytes `offset..end`, which the caller checked lie within the file.
@@ -179,7 +188,8 @@ impl Segment {
         // back is outside this contract; `read` checks the file length right
         // before every access so that a truncation while the store was idle
         // yields `Error::Corrupted` instead of a fault, and the checksum
-        // catches altered bytes.
+        // catches altered bytes. Values kept resident are copied out of the
+        // mapping, so only slices handed to callers share the file's pages.
         let mmap = unsafe { memmap2::Mmap::map(&self.file) }
             .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
         let map = Bytes::from_owner(mmap);
@@ -245,9 +255,17 @@ pub(crate) struct RecordReader {
 }
 
 impl RecordReader {
-    /// Reads back value `id` of `len` bytes, verified; see [`Segment::read`].
-    pub(crate) fn read(&self, id: u64, len: u64) -> Result<Bytes, Error> {
-        self.segment.read(self.offset, id, len)
+    /// Reads back value `id` of `len` bytes, verified, as a slice of the
+    /// file's mapping (no copy). The slice shares the file's pages: it is
+    /// for handing out, not for keeping resident. See [`Segment::read`].
+    pub(crate) fn read_mapped(&self, id: u64, len: u64) -> Result<Bytes, Error> {
+        self.segment.read(self.offset, id, len, false)
+    }
+
+    /// Reads back value `id` of `len` bytes, verified, as a heap copy that
+    /// does not depend on the file: for values brought back into memory.
+    pub(crate) fn read_copy(&self, id: u64, len: u64) -> Result<Bytes, Error> {
+        self.segment.read(self.offset, id, len, true)
     }
 }
 

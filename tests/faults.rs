@@ -1,0 +1,326 @@
+//! Faults: a full disk (a tiny tmpfs, needs root) and spill files altered
+//! behind the store's back. Every value stored before stays readable, errors
+//! are typed, and no wrong bytes are ever returned.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{data_files, value};
+use spillstore::{Error, Location, SpillStore};
+
+/// A tmpfs of `size` bytes mounted on a fresh directory; unmounted on drop.
+struct Tmpfs {
+    _parent: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts one, or says why not and returns `None` when not root.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !common::is_root() {
+            eprintln!("SKIPPED: mounting a tmpfs to fill the disk needs root (CI runs as root)");
+            return None;
+        }
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("mnt");
+        fs::create_dir(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "root, but mount -t tmpfs failed");
+        Some(Tmpfs {
+            _parent: parent,
+            path,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+fn is_disk_full(e: &Error) -> bool {
+    matches!(e, Error::Io(io) if io.kind() == ErrorKind::StorageFull)
+}
+
+/// Inserts `len`-byte values under 0, 1, ... until one fails; returns the
+/// keys stored and the error.
+fn fill(store: &SpillStore<u64>, len: usize, limit: u64) -> (Vec<u64>, Error) {
+    let mut stored = Vec::new();
+    for k in 0..limit {
+        match store.insert(k, value(k, len)) {
+            Ok(()) => stored.push(k),
+            Err(e) => return (stored, e),
+        }
+    }
+    panic!("the disk never filled up");
+}
+
+fn check_all(store: &SpillStore<u64>, keys: &[u64], len: usize) {
+    for &k in keys {
+        assert_eq!(store.get(&k).unwrap().unwrap(), value(k, len), "key {k}");
+    }
+    let stats = store.stats();
+    assert_eq!(
+        stats.memory_bytes + stats.disk_bytes,
+        (keys.len() * len) as u64
+    );
+    assert!(stats.memory_bytes <= stats.max_size.unwrap());
+    store.validate().unwrap();
+}
+
+#[test]
+fn disk_full_while_spilling_small_values() {
+    let Some(fs_) = Tmpfs::mount("128k") else {
+        return;
+    };
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(16 * 1024)
+        .dump_dir(fs_.path.join("dump"))
+        .segment_size(32 * 1024)
+        .shards(1)
+        .build()
+        .unwrap();
+    let (stored, err) = fill(&store, 1000, 10_000);
+    assert!(is_disk_full(&err), "{err:?}");
+    assert!(err.to_string().contains("spill"), "{err}");
+    let failed_key = stored.len() as u64;
+    assert!(
+        !store.contains_key(&failed_key),
+        "the failed insert is not stored"
+    );
+    assert_eq!(store.len(), stored.len());
+    // The error repeats while the disk is full, and nothing is lost.
+    assert!(store.insert(failed_key, value(failed_key, 1000)).is_err());
+    check_all(&store, &stored, 1000);
+
+    // Free space by removing most keys: whole segments go away.
+    let (gone, kept) = stored.split_at(stored.len() * 3 / 4);
+    for k in gone {
+        assert!(store.remove(k).unwrap());
+    }
+    for k in 100_000..100_020u64 {
+        store.insert(k, value(k, 1000)).unwrap();
+    }
+    check_all(
+        &store,
+        &[kept, &(100_000..100_020).collect::<Vec<_>>()].concat(),
+        1000,
+    );
+    store.clear().unwrap();
+    assert_eq!(data_files(&fs_.path.join("dump")), Vec::<String>::new());
+}
+
+#[test]
+fn disk_full_for_large_values_leaves_no_half_written_file() {
+    let Some(fs_) = Tmpfs::mount("256k") else {
+        return;
+    };
+    let dump = fs_.path.join("dump");
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(64 * 1024)
+        .dump_dir(&dump)
+        .segment_size(16 * 1024) // values of 20 000 bytes get files of their own
+        .shards(1)
+        .build()
+        .unwrap();
+    let (stored, err) = fill(&store, 20_000, 1000);
+    assert!(is_disk_full(&err), "{err:?}");
+    let stats = store.stats();
+    assert_eq!(
+        data_files(&dump).len(),
+        stats.spill_files,
+        "a failed file was left"
+    );
+    assert_eq!(stats.spill_files, stats.disk_entries);
+    check_all(&store, &stored, 20_000);
+}
+
+#[test]
+fn get_serves_without_promoting_when_no_room_can_be_made() {
+    let Some(fs_) = Tmpfs::mount("64k") else {
+        return;
+    };
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(8 * 1024)
+        .dump_dir(fs_.path.join("dump"))
+        .segment_size(8 * 1024)
+        .shards(1)
+        .build()
+        .unwrap();
+    let (stored, err) = fill(&store, 1000, 10_000);
+    assert!(is_disk_full(&err), "{err:?}");
+    // Memory is full of values never spilled; the disk is full too.
+    let on_disk: Vec<u64> = stored
+        .iter()
+        .copied()
+        .filter(|k| store.location(k) == Some(Location::File))
+        .collect();
+    assert!(!on_disk.is_empty());
+    let (bytes, from) = store.get_with_location(&on_disk[0]).unwrap().unwrap();
+    assert_eq!(
+        (bytes.as_ref(), from),
+        (&value(on_disk[0], 1000)[..], Location::File)
+    );
+    assert_eq!(
+        store.location(&on_disk[0]),
+        Some(Location::File),
+        "not promoted"
+    );
+    check_all(&store, &stored, 1000);
+}
+
+#[test]
+fn disk_full_then_space_freed_elsewhere_recovers() {
+    let Some(fs_) = Tmpfs::mount("256k") else {
+        return;
+    };
+    let filler = fs_.path.join("filler");
+    fs::write(&filler, vec![1u8; 200 * 1024]).unwrap();
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(8 * 1024)
+        .dump_dir(fs_.path.join("dump"))
+        .segment_size(16 * 1024)
+        .shards(2)
+        .build()
+        .unwrap();
+    let (mut stored, err) = fill(&store, 700, 10_000);
+    assert!(is_disk_full(&err), "{err:?}");
+    fs::remove_file(&filler).unwrap();
+    let first = stored.len() as u64;
+    for k in first..first + 100 {
+        store.insert(k, value(k, 700)).unwrap();
+        stored.push(k);
+    }
+    check_all(&store, &stored, 700);
+}
+
+/// A store with values 0..n of `len` bytes, most of them spilled.
+fn spilled_store(dir: &Path, n: u64, len: usize) -> SpillStore<u64> {
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(len as u64 * 2)
+        .dump_dir(dir.join("dump"))
+        .segment_size(4096)
+        .shards(1)
+        .build()
+        .unwrap();
+    for k in 0..n {
+        store.insert(k, value(k, len)).unwrap();
+    }
+    store
+}
+
+fn spill_files(dir: &Path) -> Vec<PathBuf> {
+    data_files(&dir.join("dump"))
+        .into_iter()
+        .map(|n| dir.join("dump").join(n))
+        .collect()
+}
+
+/// Reads every key: each read is the exact value or a typed error.
+fn read_all(store: &SpillStore<u64>, n: u64, len: usize) -> (usize, usize) {
+    let (mut ok, mut corrupted) = (0, 0);
+    for k in 0..n {
+        match store.get(&k) {
+            Ok(Some(v)) => {
+                assert_eq!(v, value(k, len), "wrong bytes for key {k}");
+                ok += 1;
+            }
+            Err(Error::Corrupted { .. }) | Err(Error::Io(_)) => corrupted += 1,
+            Ok(None) => panic!("key {k} lost"),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    (ok, corrupted)
+}
+
+#[test]
+fn a_flipped_byte_is_reported_until_the_key_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = spilled_store(dir.path(), 20, 100);
+    let files = spill_files(dir.path());
+    let mut data = fs::read(&files[0]).unwrap();
+    data[32 + 50] ^= 0xff; // inside the first record's value
+    fs::write(&files[0], &data).unwrap();
+    let (_, corrupted) = read_all(&store, 20, 100);
+    assert_eq!(corrupted, 1);
+    let bad = (0..20u64)
+        .find(|k| matches!(store.get(k), Err(Error::Corrupted { .. })))
+        .expect("the corrupted key stays corrupted");
+    match store.get(&bad) {
+        Err(e @ Error::Corrupted { .. }) => assert!(e.to_string().contains("checksum"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.contains_key(&bad));
+    assert_eq!(store.stats().corruptions, 3);
+    store.insert(bad, value(bad, 100)).unwrap();
+    assert_eq!(store.get(&bad).unwrap().unwrap(), value(bad, 100));
+    store.validate().unwrap();
+}
+
+#[test]
+fn truncation_after_mapping_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = spilled_store(dir.path(), 30, 100);
+    // Read one spilled value so that its segment is mapped.
+    assert_eq!(store.location(&0), Some(Location::File));
+    assert_eq!(store.get(&0).unwrap().unwrap(), value(0, 100));
+    for file in spill_files(dir.path()) {
+        OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+    }
+    let (ok, corrupted) = read_all(&store, 30, 100);
+    assert!(corrupted > 0);
+    assert_eq!(ok + corrupted, 30);
+    store.validate().unwrap();
+}
+
+#[test]
+fn extended_replaced_or_symlinked_files_never_yield_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = spilled_store(dir.path(), 80, 150);
+    let files = spill_files(dir.path());
+    assert!(files.len() >= 3);
+    // Extended: records stay where they were.
+    let mut f = OpenOptions::new().append(true).open(&files[0]).unwrap();
+    std::io::Write::write_all(&mut f, &[0xAB; 5000]).unwrap();
+    // Replaced by a directory, and by a symlink to another spill file.
+    fs::remove_file(&files[1]).unwrap();
+    fs::create_dir(&files[1]).unwrap();
+    fs::remove_file(&files[2]).unwrap();
+    std::os::unix::fs::symlink(&files[0], &files[2]).unwrap();
+    let (ok, _) = read_all(&store, 80, 150);
+    assert!(ok > 0);
+    store.validate().unwrap();
+    drop(store);
+    assert!(
+        files[1].is_dir(),
+        "a directory the store did not create stays"
+    );
+}
+
+#[test]
+fn records_swapped_between_offsets_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = spilled_store(dir.path(), 20, 100);
+    let files = spill_files(dir.path());
+    let mut data = fs::read(&files[0]).unwrap();
+    let record = 32 + 100;
+    let (a, b) = data.split_at_mut(record);
+    a.swap_with_slice(&mut b[..record]);
+    fs::write(&files[0], &data).unwrap();
+    let (_, corrupted) = read_all(&store, 20, 100);
+    assert_eq!(corrupted, 2, "both swapped records are refused");
+}
