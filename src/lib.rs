@@ -102,3 +102,8 @@ pub use config::{Builder, DEFAULT_SEGMENT_SIZE, MAX_SHARDS};
 pub use error::{Error, LimitKind};
 pub use stats::Stats;
 pub use store::{Location, SpillStore};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
