@@ -1,0 +1,534 @@
+//! The results of a run and their two renderings: a human-readable table and
+//! a JSON document (`--json`).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use spillstore::Stats;
+
+use crate::size::format_size;
+
+/// The run's parameters, as resolved from the command line.
+pub(crate) struct Params {
+    /// Memory budget handed to `Builder::max_size`, in bytes.
+    pub(crate) max_size: u64,
+    /// Size of every value, in bytes.
+    pub(crate) value_size: u64,
+    /// Number of distinct keys (working set / value size, rounded down).
+    pub(crate) keys: u64,
+    /// Worker threads per phase.
+    pub(crate) threads: usize,
+    /// Requested duration of the mixed phase, in seconds.
+    pub(crate) secs: f64,
+    /// Fraction of mixed-phase operations that are gets.
+    pub(crate) read_ratio: f64,
+    /// Zipf exponent of the key popularity distribution.
+    pub(crate) zipf: f64,
+    /// `Builder::shards`, if overridden.
+    pub(crate) shards: Option<usize>,
+    /// `Builder::max_object_size`, if overridden.
+    pub(crate) max_object_size: Option<u64>,
+    /// Where the spill files went.
+    pub(crate) dump_dir: String,
+    /// Whether `dump_dir` is a temporary directory created for this run.
+    pub(crate) temporary_dir: bool,
+    /// Whether every get compared every byte (`--verify-full`).
+    pub(crate) verify_full: bool,
+    /// Seed of the per-thread random number generators.
+    pub(crate) seed: u64,
+}
+
+impl Params {
+    /// Bytes of value payload in the working set (`keys * value_size`).
+    pub(crate) fn working_set(&self) -> u64 {
+        self.keys * self.value_size
+    }
+}
+
+/// The store's cumulative counters (from `SpillStore::stats`), or the
+/// difference of two snapshots.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Counters {
+    /// Gets served from memory.
+    pub(crate) hits: u64,
+    /// Gets served from a spill file.
+    pub(crate) reloads: u64,
+    /// Gets of absent keys.
+    pub(crate) misses: u64,
+    /// Blobs written from memory to disk.
+    pub(crate) spills: u64,
+    /// Bytes written by spills.
+    pub(crate) spilled_bytes: u64,
+    /// Bytes read back by reloads.
+    pub(crate) reloaded_bytes: u64,
+    /// Evictions that reused a copy already on disk.
+    pub(crate) respills: u64,
+}
+
+impl Counters {
+    /// Takes the counters out of a stats snapshot.
+    pub(crate) fn of(stats: &Stats) -> Self {
+        Self {
+            hits: stats.hits,
+            reloads: stats.reloads,
+            misses: stats.misses,
+            spills: stats.spills,
+            spilled_bytes: stats.spilled_bytes,
+            reloaded_bytes: stats.reloaded_bytes,
+            respills: stats.respills,
+        }
+    }
+
+    /// `self - earlier`, field by field (saturating, should a counter ever
+    /// go backwards).
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            hits: self.hits.saturating_sub(earlier.hits),
+            reloads: self.reloads.saturating_sub(earlier.reloads),
+            misses: self.misses.saturating_sub(earlier.misses),
+            spills: self.spills.saturating_sub(earlier.spills),
+            spilled_bytes: self.spilled_bytes.saturating_sub(earlier.spilled_bytes),
+            reloaded_bytes: self.reloaded_bytes.saturating_sub(earlier.reloaded_bytes),
+            respills: self.respills.saturating_sub(earlier.respills),
+        }
+    }
+
+    /// JSON rendering, with rates over `secs`.
+    fn json(&self, secs: f64) -> Value {
+        json!({
+            "hits": self.hits,
+            "reloads": self.reloads,
+            "misses": self.misses,
+            "spills": self.spills,
+            "spilled_bytes": self.spilled_bytes,
+            "spill_mb_per_s": mb_per_s(self.spilled_bytes, secs),
+            "reloaded_bytes": self.reloaded_bytes,
+            "reload_mb_per_s": mb_per_s(self.reloaded_bytes, secs),
+            "respills": self.respills,
+        })
+    }
+}
+
+/// What one phase did, as seen by the benchmark and by the store.
+pub(crate) struct Phase {
+    /// Wall-clock duration of the phase, in seconds.
+    pub(crate) secs: f64,
+    /// Gets that `get_with_location` reported as served from memory.
+    pub(crate) gets_memory: u64,
+    /// Gets that `get_with_location` reported as reloaded from a spill file.
+    pub(crate) gets_reload: u64,
+    /// Successful inserts.
+    pub(crate) inserts: u64,
+    /// Change of the store's counters over the phase.
+    pub(crate) store: Counters,
+}
+
+impl Phase {
+    /// Operations (gets + inserts).
+    fn ops(&self) -> u64 {
+        self.gets_memory + self.gets_reload + self.inserts
+    }
+
+    /// JSON rendering; `value_size` turns operation counts into bytes.
+    fn json(&self, value_size: u64) -> Value {
+        let gets = self.gets_memory + self.gets_reload;
+        json!({
+            "secs": self.secs,
+            "ops": self.ops(),
+            "ops_per_s": per_s(self.ops(), self.secs),
+            "mb_per_s": mb_per_s(self.ops() * value_size, self.secs),
+            "gets": gets,
+            "gets_memory": self.gets_memory,
+            "gets_reload": self.gets_reload,
+            "memory_hit_ratio": ratio(self.gets_memory, gets),
+            "inserts": self.inserts,
+            "store": self.store.json(self.secs),
+        })
+    }
+}
+
+/// Summary of one latency histogram, in nanoseconds.
+pub(crate) struct Latency {
+    /// Which operation this is, e.g. `get memory`.
+    pub(crate) name: &'static str,
+    /// Number of recorded operations.
+    count: u64,
+    /// Mean latency.
+    mean: f64,
+    /// Median.
+    p50: u64,
+    /// 99th percentile.
+    p99: u64,
+    /// 99.9th percentile.
+    p999: u64,
+    /// Slowest recorded operation.
+    max: u64,
+}
+
+impl Latency {
+    /// Summarizes `hist` (nanoseconds) under `name`.
+    pub(crate) fn of(name: &'static str, hist: &Histogram<u64>) -> Self {
+        Self {
+            name,
+            count: hist.len(),
+            mean: hist.mean(),
+            p50: hist.value_at_quantile(0.5),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        }
+    }
+
+    /// JSON rendering (nanoseconds; `null` percentiles when nothing was
+    /// recorded).
+    fn json(&self) -> Value {
+        if self.count == 0 {
+            return json!({ "count": 0, "mean": null, "p50": null, "p99": null,
+                           "p999": null, "max": null });
+        }
+        json!({
+            "count": self.count,
+            "mean": self.mean,
+            "p50": self.p50,
+            "p99": self.p99,
+            "p999": self.p999,
+            "max": self.max,
+        })
+    }
+}
+
+/// Largest values of the store's gauges seen by the monitor.
+#[derive(Default)]
+pub(crate) struct Peaks {
+    /// Largest `memory_bytes`.
+    pub(crate) memory_bytes: u64,
+    /// Largest `disk_bytes`.
+    pub(crate) disk_bytes: u64,
+    /// Largest `spill_file_bytes`.
+    pub(crate) spill_file_bytes: u64,
+    /// Largest `spill_files`.
+    pub(crate) spill_files: usize,
+    /// Number of `stats()` samples taken.
+    pub(crate) samples: u64,
+}
+
+impl Peaks {
+    /// Folds one stats snapshot into the peaks.
+    pub(crate) fn observe(&mut self, stats: &Stats) {
+        self.memory_bytes = self.memory_bytes.max(stats.memory_bytes);
+        self.disk_bytes = self.disk_bytes.max(stats.disk_bytes);
+        self.spill_file_bytes = self.spill_file_bytes.max(stats.spill_file_bytes);
+        self.spill_files = self.spill_files.max(stats.spill_files);
+        self.samples += 1;
+    }
+}
+
+/// The store's gauges at the end of the run (after the final check).
+pub(crate) struct Gauges {
+    /// `entries`.
+    pub(crate) entries: usize,
+    /// `memory_entries`.
+    pub(crate) memory_entries: usize,
+    /// `disk_entries`.
+    pub(crate) disk_entries: usize,
+    /// `memory_bytes`.
+    pub(crate) memory_bytes: u64,
+    /// `disk_bytes`.
+    pub(crate) disk_bytes: u64,
+    /// `spill_file_bytes`.
+    pub(crate) spill_file_bytes: u64,
+    /// `spill_files`.
+    pub(crate) spill_files: usize,
+}
+
+impl Gauges {
+    /// Takes the gauges out of a stats snapshot.
+    pub(crate) fn of(stats: &Stats) -> Self {
+        Self {
+            entries: stats.entries,
+            memory_entries: stats.memory_entries,
+            disk_entries: stats.disk_entries,
+            memory_bytes: stats.memory_bytes,
+            disk_bytes: stats.disk_bytes,
+            spill_file_bytes: stats.spill_file_bytes,
+            spill_files: stats.spill_files,
+        }
+    }
+}
+
+/// Everything a successful run measured.
+pub(crate) struct Report {
+    /// The run's parameters.
+    pub(crate) params: Params,
+    /// The load phase (insert every key once).
+    pub(crate) load: Phase,
+    /// The timed mixed read/replace phase.
+    pub(crate) mixed: Phase,
+    /// Latency summaries, in table order.
+    pub(crate) latencies: Vec<Latency>,
+    /// Peak gauges over the load and mixed phases.
+    pub(crate) peaks: Peaks,
+    /// Duration of the final full check of every key, in seconds.
+    pub(crate) check_secs: f64,
+    /// Gauges after the final check.
+    pub(crate) end: Gauges,
+}
+
+impl Report {
+    /// The machine-readable rendering (`--json`). Sizes are in bytes,
+    /// latencies in nanoseconds, rates per second; MB is 10^6 bytes.
+    pub(crate) fn json(&self) -> Value {
+        let p = &self.params;
+        let latency: serde_json::Map<String, Value> = self
+            .latencies
+            .iter()
+            .map(|l| (l.name.replace(' ', "_"), l.json()))
+            .collect();
+        json!({
+            "spillstore_version": env!("CARGO_PKG_VERSION"),
+            "params": {
+                "max_size": p.max_size,
+                "working_set": p.working_set(),
+                "value_size": p.value_size,
+                "keys": p.keys,
+                "threads": p.threads,
+                "secs": p.secs,
+                "read_ratio": p.read_ratio,
+                "zipf": p.zipf,
+                "shards": p.shards,
+                "max_object_size": p.max_object_size,
+                "dump_dir": p.dump_dir,
+                "temporary_dump_dir": p.temporary_dir,
+                "verify_full": p.verify_full,
+                "seed": p.seed,
+            },
+            "load": self.load.json(p.value_size),
+            "mixed": self.mixed.json(p.value_size),
+            "latency_ns": latency,
+            "peak": {
+                "memory_bytes": self.peaks.memory_bytes,
+                "disk_bytes": self.peaks.disk_bytes,
+                "spill_file_bytes": self.peaks.spill_file_bytes,
+                "spill_files": self.peaks.spill_files,
+                "samples": self.peaks.samples,
+            },
+            "final_check": {
+                "keys_verified": p.keys,
+                "secs": self.check_secs,
+            },
+            "end": {
+                "entries": self.end.entries,
+                "memory_entries": self.end.memory_entries,
+                "disk_entries": self.end.disk_entries,
+                "memory_bytes": self.end.memory_bytes,
+                "disk_bytes": self.end.disk_bytes,
+                "spill_file_bytes": self.end.spill_file_bytes,
+                "spill_files": self.end.spill_files,
+            },
+        })
+    }
+
+    /// The human-readable table.
+    pub(crate) fn table(&self) -> String {
+        let p = &self.params;
+        let mut out = String::new();
+        let o = &mut out;
+        // Writing to a String cannot fail, hence the ignored results.
+        let _ = writeln!(o, "spillbench (spillstore {})", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(o, "  memory budget   {}", format_size(p.max_size));
+        let _ = writeln!(
+            o,
+            "  working set     {} = {} values x {} ({:.1}x the budget)",
+            format_size(p.working_set()),
+            p.keys,
+            format_size(p.value_size),
+            p.working_set() as f64 / p.max_size.max(1) as f64
+        );
+        let _ = writeln!(
+            o,
+            "  workload        {} threads, {} s, {:.0}% get / {:.0}% replace, zipf {}",
+            p.threads,
+            p.secs,
+            p.read_ratio * 100.0,
+            (1.0 - p.read_ratio) * 100.0,
+            p.zipf
+        );
+        let _ = writeln!(
+            o,
+            "  store           shards {}, max object size {}",
+            p.shards.map_or("default".to_owned(), |s| s.to_string()),
+            p.max_object_size.map_or("default".to_owned(), format_size)
+        );
+        let _ = writeln!(
+            o,
+            "  dump dir        {}{}",
+            p.dump_dir,
+            if p.temporary_dir { " (temporary)" } else { "" }
+        );
+        let _ = writeln!(
+            o,
+            "  verification    {} on every get, seed {}",
+            if p.verify_full {
+                "all bytes"
+            } else {
+                "length, header, 13 sampled bytes"
+            },
+            p.seed
+        );
+
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<8}{:>8}{:>11}{:>12}{:>10}{:>10}{:>10}{:>11}",
+            "phase", "secs", "ops", "ops/s", "MB/s", "get mem", "get disk", "inserts"
+        );
+        for (name, ph) in [("load", &self.load), ("mixed", &self.mixed)] {
+            let gets = ph.gets_memory + ph.gets_reload;
+            let (mem, disk) = if gets == 0 {
+                ("-".to_owned(), "-".to_owned())
+            } else {
+                (
+                    format!("{:.1}%", ratio(ph.gets_memory, gets) * 100.0),
+                    format!("{:.1}%", ratio(ph.gets_reload, gets) * 100.0),
+                )
+            };
+            let _ = writeln!(
+                o,
+                "{:<8}{:>8.2}{:>11}{:>12.0}{:>10.1}{:>10}{:>10}{:>11}",
+                name,
+                ph.secs,
+                ph.ops(),
+                per_s(ph.ops(), ph.secs),
+                mb_per_s(ph.ops() * p.value_size, ph.secs),
+                mem,
+                disk,
+                ph.inserts
+            );
+        }
+
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<8}{:>9}{:>11}{:>9}{:>10}{:>12}{:>11}{:>10}",
+            "store",
+            "spills",
+            "spill MB/s",
+            "respill",
+            "reloads",
+            "reload MB/s",
+            "mem hits",
+            "misses"
+        );
+        for (name, ph) in [("load", &self.load), ("mixed", &self.mixed)] {
+            let c = &ph.store;
+            let _ = writeln!(
+                o,
+                "{:<8}{:>9}{:>11.1}{:>9}{:>10}{:>12.1}{:>11}{:>10}",
+                name,
+                c.spills,
+                mb_per_s(c.spilled_bytes, ph.secs),
+                c.respills,
+                c.reloads,
+                mb_per_s(c.reloaded_bytes, ph.secs),
+                c.hits,
+                c.misses
+            );
+        }
+
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "latency", "count", "p50", "p99", "p99.9", "max"
+        );
+        for l in &self.latencies {
+            if l.count == 0 {
+                let _ = writeln!(
+                    o,
+                    "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                    l.name, 0, "-", "-", "-", "-"
+                );
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                l.name,
+                l.count,
+                format_ns(l.p50),
+                format_ns(l.p99),
+                format_ns(l.p999),
+                format_ns(l.max)
+            );
+        }
+
+        let _ = writeln!(o);
+        let over = if self.peaks.memory_bytes > p.max_size {
+            "  (above the budget)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "peak            memory {}{over}, on disk {}, spill files {} in {} ({} samples)",
+            format_size(self.peaks.memory_bytes),
+            format_size(self.peaks.disk_bytes),
+            format_size(self.peaks.spill_file_bytes),
+            self.peaks.spill_files,
+            self.peaks.samples
+        );
+        let e = &self.end;
+        let _ = writeln!(
+            o,
+            "end             {} entries ({} in memory, {} on disk), memory {}, on disk {}, \
+             spill files {} in {}",
+            e.entries,
+            e.memory_entries,
+            e.disk_entries,
+            format_size(e.memory_bytes),
+            format_size(e.disk_bytes),
+            format_size(e.spill_file_bytes),
+            e.spill_files
+        );
+        let _ = writeln!(
+            o,
+            "final check     all {} keys hold their latest version, every byte verified ({:.2} s)",
+            p.keys, self.check_secs
+        );
+        out
+    }
+}
+
+/// `count / secs`, 0 for an empty interval.
+fn per_s(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// `bytes / secs` in MB/s (10^6 bytes).
+fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    per_s(bytes, secs) / 1e6
+}
+
+/// `part / whole`, 0 when `whole` is 0.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Formats nanoseconds as ns, µs, ms or s, whichever keeps the number below 1000.
+fn format_ns(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
