@@ -315,3 +315,81 @@ fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> (tempfile::TempDir, SpillDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let spill = SpillDir::open(tmp.path().join("d"), 4096).unwrap();
+        (tmp, spill)
+    }
+
+    fn values(sizes: &[usize]) -> Vec<(u64, Bytes)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i as u64, Bytes::from(vec![i as u8 ^ 0x5a; n])))
+            .collect()
+    }
+
+    #[test]
+    fn records_read_back_mapped_and_copied() {
+        let (_tmp, spill) = dir();
+        // Two small records share a segment; 3000 bytes is over a quarter of
+        // the segment size, so it gets a file of its own.
+        let vals = values(&[10, 0, 3000, 100]);
+        let records = spill.write(&vals).unwrap();
+        assert_eq!(spill.usage().files, 2);
+        for (record, (id, value)) in records.iter().zip(&vals) {
+            let len = value.len() as u64;
+            assert_eq!(record.reader().read_mapped(*id, len).unwrap(), value);
+            assert_eq!(record.reader().read_copy(*id, len).unwrap(), value);
+            let wrong_id = record.reader().read_copy(id + 1, len);
+            assert!(matches!(wrong_id, Err(Error::Corrupted { .. })));
+        }
+    }
+
+    #[test]
+    fn files_go_when_their_last_record_goes() {
+        let (tmp, spill) = dir();
+        let listing = || fs::read_dir(tmp.path().join("d")).unwrap().count();
+        assert_eq!(listing(), 1); // the lock file
+        let mut records = Vec::new();
+        for i in 0..40u64 {
+            records.extend(spill.write(&[(i, Bytes::from(vec![1u8; 200]))]).unwrap());
+        }
+        let files = spill.usage().files;
+        assert!(files >= 2, "{files}");
+        assert_eq!(listing(), 1 + files);
+        records.truncate(20);
+        assert!(spill.usage().files < files, "full segments were deleted");
+        records.clear();
+        assert_eq!(spill.usage().files, 0, "the active segment is retired");
+        assert_eq!(spill.usage().bytes, 0);
+        assert_eq!(listing(), 1);
+    }
+
+    #[test]
+    fn a_truncated_file_is_corrupted_not_a_fault() {
+        let (tmp, spill) = dir();
+        let vals = values(&[100, 100]);
+        let records = spill.write(&vals).unwrap();
+        assert_eq!(records[0].reader().read_copy(0, 100).unwrap(), vals[0].1);
+        let path = tmp.path().join("d").join("spill-00000000.seg");
+        OpenOptions::new().write(true).open(path).unwrap().set_len(140).unwrap();
+        assert!(records[0].reader().read_copy(0, 100).is_ok());
+        let second = records[1].reader().read_mapped(1, 100);
+        assert!(matches!(second, Err(Error::Corrupted { .. })), "{second:?}");
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused() {
+        let (tmp, spill) = dir();
+        let again = SpillDir::open(tmp.path().join("d"), 4096);
+        assert!(matches!(again, Err(Error::DirLocked { .. })));
+        drop(spill);
+        SpillDir::open(tmp.path().join("d"), 4096).unwrap();
+    }
+}
