@@ -1,1 +1,579 @@
-fn main() {}
+//! Side-by-side comparison of spillstore with peer crates on the same
+//! workloads, in one run, against the machine's own memory limits.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-compare cargo run --release -p spillstore-compare -- --help
+//! ```
+
+mod foyer_peer;
+mod machine;
+mod moka_peer;
+mod naive;
+mod quick;
+mod spill;
+mod store;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+
+use crate::machine::{Limits, MachineInfo};
+use crate::store::{Peer, StoreConfig};
+use crate::workload::{Cell, Counters, KeySequences, Workload};
+
+const MIB: u64 = 1 << 20;
+
+/// Run the same workloads on spillstore and its peers and print a markdown table.
+#[derive(Parser, Debug)]
+#[command(name = "spillstore-compare", version)]
+struct Cli {
+    /// Workloads to run (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workload: Vec<Workload>,
+    /// Thread counts to run every workload at.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Measured seconds per repetition of each cell.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Warm-up seconds per cell, after the preload and before the repetitions.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Repetitions per cell; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Stores to run (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peers: Vec<Peer>,
+    /// Value sizes for spill-reload (bytes; K/KiB and M/MiB suffixes allowed).
+    #[arg(long, value_delimiter = ',', default_value = "1KiB,64KiB,1MiB", value_parser = parse_size)]
+    spill_sizes: Vec<usize>,
+    /// Memory budget of every store, in MiB.
+    #[arg(long, default_value_t = 64)]
+    budget_mib: u64,
+    /// Parent directory for the dump directories (default: a new temp dir).
+    #[arg(long)]
+    dump_root: Option<PathBuf>,
+    /// Also write all results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the key sequences.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+    /// Have the reader sum every word of every value it gets (by default it
+    /// checks the header and one word per 4 KiB page).
+    #[arg(long)]
+    read_all: bool,
+    /// Seconds per machine-limit measurement (0 skips them).
+    #[arg(long, default_value_t = 1.0)]
+    limit_secs: f64,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("K", 1 << 10),
+        ("M", 1 << 20),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((t, 1));
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
+    let size = n * mult;
+    if size < 32 || !size.is_multiple_of(8) {
+        return Err(format!(
+            "size {size} must be a multiple of 8 and at least 32"
+        ));
+    }
+    Ok(size)
+}
+
+/// One (workload, value size, thread count) cell.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct CellSpec {
+    workload: Workload,
+    value_size: usize,
+    n_keys: usize,
+    threads: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Rep {
+    counters: Counters,
+    secs: f64,
+    ops_per_sec: f64,
+    bytes_per_sec: f64,
+    hit_ratio: f64,
+    /// Values read back from disk in this window (stores with a disk only).
+    reloads: Option<u64>,
+    reload_bytes_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct StoreResult {
+    cell: CellSpec,
+    store: Peer,
+    preload_secs: f64,
+    reps: Vec<Rep>,
+    /// Medians over `reps`.
+    ops_per_sec: f64,
+    bytes_per_sec: f64,
+    hit_ratio: f64,
+    reload_bytes_per_sec: Option<f64>,
+    corrupt: u64,
+    notes: String,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    machine: &'a MachineInfo,
+    limits: Option<&'a Limits>,
+    budget_bytes: u64,
+    secs: f64,
+    warmup_secs: f64,
+    reps: usize,
+    foyer_backpressure_bytes: u64,
+    results: &'a [StoreResult],
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn cells(cli: &Cli, budget: u64) -> Vec<CellSpec> {
+    let workloads = if cli.workload.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        cli.workload.clone()
+    };
+    let mut out = Vec::new();
+    for w in workloads {
+        let shapes: Vec<(usize, usize)> = match w {
+            Workload::HotGet | Workload::Mixed => vec![(1024, 32768)],
+            Workload::SpillReload => cli
+                .spill_sizes
+                .iter()
+                .map(|&s| (s, ((4 * budget) / s as u64).max(1) as usize))
+                .collect(),
+        };
+        for (value_size, n_keys) in shapes {
+            for &threads in &cli.threads {
+                out.push(CellSpec {
+                    workload: w,
+                    value_size,
+                    n_keys,
+                    threads,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn run_store(
+    cli: &Cli,
+    peer: Peer,
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+    cfg: &StoreConfig,
+) -> Result<StoreResult> {
+    let store = store::build(peer, cfg)?;
+    let preload = workload::preload(store.as_ref(), cell.keys, spec.value_size)?;
+    let mut states = workload::thread_states(spec.threads);
+    if cli.warmup > 0.0 {
+        workload::run_window(
+            store.as_ref(),
+            cell,
+            &mut states,
+            Duration::from_secs_f64(cli.warmup),
+        )?;
+    }
+    let mut reps = Vec::new();
+    for _ in 0..cli.reps.max(1) {
+        let reloads_before = store.reloads();
+        let (c, elapsed) = workload::run_window(
+            store.as_ref(),
+            cell,
+            &mut states,
+            Duration::from_secs_f64(cli.secs),
+        )?;
+        let secs = elapsed.as_secs_f64();
+        let reloads = match (reloads_before, store.reloads()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        reps.push(Rep {
+            counters: c,
+            secs,
+            ops_per_sec: (c.gets + c.inserts) as f64 / secs,
+            bytes_per_sec: (c.bytes_read + c.bytes_written) as f64 / secs,
+            hit_ratio: if c.gets == 0 {
+                f64::NAN
+            } else {
+                c.hits as f64 / c.gets as f64
+            },
+            reloads,
+            reload_bytes_per_sec: reloads.map(|n| (n * spec.value_size as u64) as f64 / secs),
+        });
+    }
+    let notes = store.notes();
+    drop(store);
+    Ok(StoreResult {
+        cell: *spec,
+        store: peer,
+        preload_secs: preload.as_secs_f64(),
+        ops_per_sec: median(reps.iter().map(|r| r.ops_per_sec).collect()),
+        bytes_per_sec: median(reps.iter().map(|r| r.bytes_per_sec).collect()),
+        hit_ratio: median(reps.iter().map(|r| r.hit_ratio).collect()),
+        reload_bytes_per_sec: reps
+            .iter()
+            .map(|r| r.reload_bytes_per_sec)
+            .collect::<Option<Vec<f64>>>()
+            .map(median),
+        corrupt: reps.iter().map(|r| r.counters.corrupt).sum(),
+        reps,
+        notes,
+        error: None,
+    })
+}
+
+fn size_label(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn human_ops(x: f64) -> String {
+    if !x.is_finite() {
+        "-".to_owned()
+    } else if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn gbps(x: f64) -> String {
+    format!("{:.2} GB/s", x / 1e9)
+}
+
+fn print_header(info: &MachineInfo, cli: &Cli, budget: u64, dump_root: &Path) {
+    println!("# spillstore-compare");
+    println!();
+    println!("- nproc: {}", info.nproc);
+    println!("- CPU: {}", info.cpu_model);
+    println!("- rustc: {}", info.rustc);
+    println!("- git commit: {}", info.git_commit);
+    println!(
+        "- budget {} MiB per store; Zipf({}) key popularity, seed {:#x}; {} s warm-up, median of {} x {} s",
+        budget / MIB,
+        workload::ZIPF_S,
+        cli.seed,
+        cli.warmup,
+        cli.reps.max(1),
+        cli.secs
+    );
+    println!("- dump root: {}", dump_root.display());
+    println!(
+        "- foyer: HybridCache (WriteOnEviction, fs device, psync) with back-pressure: the inserting thread \
+         waits on `storage().wait()` after every {} MiB handed to foyer, so its flush buffer never overflows \
+         and nothing is dropped",
+        foyer_peer::BACKPRESSURE_BYTES / MIB
+    );
+    println!(
+        "- every get is checked: length, key index in the header, one word per 4 KiB page and the last word{}",
+        if cli.read_all {
+            "; --read-all: every word is also summed"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "- MB/s = value bytes delivered by gets plus bytes inserted, per second (a zero-copy hit counts in \
+         full); reload MB/s = values read back from the store's disk (spillstore stats().reloads, foyer \
+         entries with Source::Disk, naive file reads) x value size, per second"
+    );
+    println!(
+        "- quick_cache and moka are caches: beyond the budget they drop data; their hit ratio says how much"
+    );
+    println!();
+}
+
+fn print_limits(l: &Limits) {
+    println!("## Machine limits (same run)");
+    println!();
+    println!("| measure | 1 thread | {} threads |", l.threads);
+    println!("|---|---:|---:|");
+    for (name, bw) in [
+        ("memcpy (64 MiB buffers)", &l.memcpy),
+        ("mmap page-cache read, sum u64 (warm mapping)", &l.mmap_read),
+        (
+            "mmap page-cache read, fresh map per 1 MiB",
+            &l.mmap_read_fresh_1mib,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} |",
+            gbps(bw.one_thread),
+            gbps(bw.all_threads)
+        );
+    }
+    println!();
+}
+
+fn print_table(results: &[StoreResult]) {
+    println!("## Results");
+    println!();
+    println!(
+        "| workload | value | keys | thr | store | ops/s | MB/s | hit % | vs spillstore | reload MB/s | preload s | notes |"
+    );
+    println!("|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in results {
+        let base = results.iter().find(|b| {
+            b.store == Peer::Spillstore
+                && b.error.is_none()
+                && b.cell.workload == r.cell.workload
+                && b.cell.value_size == r.cell.value_size
+                && b.cell.threads == r.cell.threads
+        });
+        let ratio = match base {
+            Some(b) if r.error.is_none() && b.ops_per_sec > 0.0 => {
+                let lossy = if r.hit_ratio < 1.0 { "*" } else { "" };
+                format!("{:.2}x{lossy}", r.ops_per_sec / b.ops_per_sec)
+            }
+            _ => "-".to_owned(),
+        };
+        let mut notes = r.notes.clone();
+        if r.corrupt > 0 {
+            notes = format!("**{} CORRUPT values returned**; {notes}", r.corrupt);
+        }
+        if let Some(e) = &r.error {
+            notes = format!("**ERROR: {e}**");
+        }
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.2} | {} |",
+            r.cell.workload.name(),
+            size_label(r.cell.value_size),
+            r.cell.n_keys,
+            r.cell.threads,
+            r.store.name(),
+            human_ops(r.ops_per_sec),
+            r.bytes_per_sec / 1e6,
+            r.hit_ratio * 100.0,
+            ratio,
+            r.reload_bytes_per_sec
+                .map_or("-".to_owned(), |b| format!("{:.1}", b / 1e6)),
+            r.preload_secs,
+            notes.replace('|', "/")
+        );
+    }
+    println!();
+    if results.iter().any(|r| r.hit_ratio < 1.0) {
+        println!(
+            "\\* lossy: this store no longer held (100 - hit %) of the values it was given; a miss is only \
+             a hash lookup, so its ops/s is not comparable to a store that returned every value."
+        );
+        println!();
+    }
+}
+
+fn print_reload_vs_limit(results: &[StoreResult], limits: Option<&Limits>) {
+    let big: Vec<&StoreResult> = results
+        .iter()
+        .filter(|r| {
+            r.cell.workload == Workload::SpillReload
+                && r.cell.value_size >= MIB as usize
+                && r.reload_bytes_per_sec.is_some()
+        })
+        .collect();
+    if big.is_empty() {
+        return;
+    }
+    println!("## spill-reload at >= 1 MiB: reload bandwidth vs mmap page-cache read (stores with a disk)");
+    println!();
+    println!("| value | thr | store | reload bandwidth | delivered | hit % | mmap read (warm) | mmap read (fresh map / 1 MiB) |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for r in big {
+        let (warm, fresh) = match limits {
+            Some(l) if r.cell.threads <= 1 => (
+                gbps(l.mmap_read.one_thread),
+                gbps(l.mmap_read_fresh_1mib.one_thread),
+            ),
+            Some(l) if r.cell.threads == l.threads => (
+                gbps(l.mmap_read.all_threads),
+                gbps(l.mmap_read_fresh_1mib.all_threads),
+            ),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} | {warm} | {fresh} |",
+            size_label(r.cell.value_size),
+            r.cell.threads,
+            r.store.name(),
+            r.reload_bytes_per_sec.map_or("-".to_owned(), gbps),
+            gbps(r.bytes_per_sec),
+            r.hit_ratio * 100.0,
+        );
+    }
+    println!();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.threads.is_empty() || cli.threads.contains(&0) {
+        bail!("--threads needs positive thread counts");
+    }
+    if cli.secs.is_nan() || cli.secs <= 0.0 || cli.warmup < 0.0 || cli.limit_secs < 0.0 {
+        bail!("--secs must be positive, --warmup and --limit-secs non-negative");
+    }
+    let budget = cli.budget_mib * MIB;
+    let peers = if cli.peers.is_empty() {
+        Peer::ALL.to_vec()
+    } else {
+        let mut p = cli.peers.clone();
+        p.sort();
+        p.dedup();
+        p
+    };
+
+    // Fresh space for this run's dump directories.
+    let temp_root;
+    let root = match &cli.dump_root {
+        Some(parent) => {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            temp_root = tempfile::Builder::new()
+                .prefix("spillstore-compare-")
+                .tempdir_in(parent)?;
+            temp_root.path().to_owned()
+        }
+        None => {
+            temp_root = tempfile::Builder::new()
+                .prefix("spillstore-compare-")
+                .tempdir()?;
+            temp_root.path().to_owned()
+        }
+    };
+
+    let info = machine::info();
+    print_header(&info, &cli, budget, &root);
+
+    let limits = if cli.limit_secs > 0.0 {
+        let l = machine::limits(&root, Duration::from_secs_f64(cli.limit_secs))?;
+        print_limits(&l);
+        Some(l)
+    } else {
+        None
+    };
+
+    let mut results = Vec::new();
+    for (ci, spec) in cells(&cli, budget).iter().enumerate() {
+        let keys: Vec<String> = (0..spec.n_keys as u64).map(workload::key_of).collect();
+        let seqs = KeySequences::new(spec.n_keys, spec.threads, cli.seed)?;
+        let cell = Cell {
+            workload: spec.workload,
+            keys: &keys,
+            value_size: spec.value_size,
+            seqs: &seqs,
+            read_all: cli.read_all,
+        };
+        for &peer in &peers {
+            let dir = root.join(format!(
+                "{ci:02}-{}-{}-t{}-{}",
+                spec.workload.name(),
+                spec.value_size,
+                spec.threads,
+                peer.name()
+            ));
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let cfg = StoreConfig {
+                budget,
+                value_size: spec.value_size,
+                n_keys: spec.n_keys,
+                dir: dir.clone(),
+            };
+            eprintln!(
+                "running {} {} x{} thr={} on {} ...",
+                spec.workload.name(),
+                size_label(spec.value_size),
+                spec.n_keys,
+                spec.threads,
+                peer.name()
+            );
+            let result = run_store(&cli, peer, spec, &cell, &cfg).unwrap_or_else(|e| StoreResult {
+                cell: *spec,
+                store: peer,
+                preload_secs: f64::NAN,
+                reps: Vec::new(),
+                ops_per_sec: f64::NAN,
+                bytes_per_sec: f64::NAN,
+                hit_ratio: f64::NAN,
+                reload_bytes_per_sec: None,
+                corrupt: 0,
+                notes: String::new(),
+                error: Some(format!("{e:#}")),
+            });
+            if result.corrupt > 0 {
+                eprintln!(
+                    "ERROR: {} returned {} corrupt values",
+                    peer.name(),
+                    result.corrupt
+                );
+            }
+            results.push(result);
+            // Measured: now the directory can go.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                eprintln!("warning: removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    print_table(&results);
+    print_reload_vs_limit(&results, limits.as_ref());
+
+    if let Some(path) = &cli.json {
+        let report = Report {
+            machine: &info,
+            limits: limits.as_ref(),
+            budget_bytes: budget,
+            secs: cli.secs,
+            warmup_secs: cli.warmup,
+            reps: cli.reps.max(1),
+            foyer_backpressure_bytes: foyer_peer::BACKPRESSURE_BYTES,
+            results: &results,
+        };
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let corrupt: u64 = results.iter().map(|r| r.corrupt).sum();
+    if corrupt > 0 {
+        bail!("{corrupt} corrupt values were returned; see the table");
+    }
+    Ok(())
+}
