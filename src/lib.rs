@@ -50,7 +50,10 @@
 //! file; it keeps its disk copy, so evicting it a second time needs no
 //! write. A value larger than its shard's share is written straight to disk
 //! and served as a verified slice of the mapping, without a copy. A file is
-//! deleted as soon as no value needs it.
+//! deleted as soon as no value needs it. Replaced and removed values leave
+//! dead records behind; when the files hold more than twice the live data,
+//! a compaction pass (over the shards in parallel) moves the live records out
+//! of segments that are at most half live, so those files go too.
 //!
 //! # Guarantees
 //!

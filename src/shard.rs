@@ -438,6 +438,82 @@ where
         }
     }
 
+    /// Moves this shard's records out of sparse segments (see
+    /// [`SpillDir::start_compaction`]), in batches of a few MiB, with no lock
+    /// held during I/O. A resident value simply drops its disk copy instead.
+    /// Returns the record bytes moved. Stops at the first write error; an
+    /// entry whose record fails to read keeps it (and stays corrupted).
+    pub(crate) fn compact(&self, spill: &SpillDir) -> u64 {
+        const BATCH_BYTES: u64 = 4 << 20;
+        let mut moved = 0;
+        let (copies, mut to_move) = {
+            let state = self.state.read();
+            let mut copies = Vec::new();
+            let mut to_move = Vec::new();
+            for (slot, entry) in state.slab.iter() {
+                let Some(disk) = entry.disk.as_ref().filter(|d| d.in_sparse_segment()) else {
+                    continue;
+                };
+                if entry.value.is_some() {
+                    copies.push((slot, entry.id));
+                } else {
+                    to_move.push((slot, entry.id, entry.len, disk.reader()));
+                }
+            }
+            (copies, to_move)
+        };
+        if !copies.is_empty() {
+            let mut deferred = Deferred::default();
+            let mut state = self.lock();
+            for (slot, id) in copies {
+                if let Some(e) = state.slab.get_mut(slot).filter(|e| e.id == id) {
+                    if e.value.is_some() {
+                        deferred.records.extend(e.disk.take());
+                    }
+                }
+            }
+        }
+        while !to_move.is_empty() {
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            while let Some(item) = to_move.pop() {
+                batch_bytes += item.2;
+                batch.push(item);
+                if batch_bytes >= BATCH_BYTES {
+                    break;
+                }
+            }
+            let mut read = Vec::with_capacity(batch.len());
+            let mut values = Vec::with_capacity(batch.len());
+            for (slot, id, len, reader) in batch {
+                if let Ok(bytes) = reader.read_mapped(id, len) {
+                    values.push((id, bytes));
+                    read.push((slot, id, len, reader));
+                }
+            }
+            let Ok(records) = spill.write(&values) else {
+                return moved;
+            };
+            drop(values);
+            let mut deferred = Deferred::default();
+            let mut state = self.lock();
+            for ((slot, id, len, reader), record) in read.into_iter().zip(records) {
+                match state.slab.get_mut(slot) {
+                    Some(e)
+                        if e.id == id
+                            && e.value.is_none()
+                            && e.disk.as_ref().is_some_and(|d| d.same_as(&reader)) =>
+                    {
+                        deferred.records.extend(e.disk.replace(record));
+                        moved += len;
+                    }
+                    _ => deferred.records.push(record),
+                }
+            }
+        }
+        moved
+    }
+
     /// Checks every invariant of the shard; returns the first violation.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let state = self.state.read();

@@ -60,6 +60,11 @@ pub struct Stats {
     pub respills: u64,
     /// Reads that found a spilled value corrupted.
     pub corruptions: u64,
+    /// Compaction passes run: each moves the live records out of spill files
+    /// that are mostly dead space, so those files can be deleted.
+    pub compactions: u64,
+    /// Value bytes moved by compaction.
+    pub compacted_bytes: u64,
 }
 
 /// Activity counters of one shard; relaxed atomics, read only for [`Stats`].

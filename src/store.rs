@@ -215,7 +215,56 @@ where
             });
         }
         let (shard, hash) = self.route(&key);
-        shard.insert(key, hash, value, self.spill.as_ref())
+        shard.insert(key, hash, value, self.spill.as_ref())?;
+        self.compact_if_wasteful(false);
+        Ok(())
+    }
+
+    /// Runs a compaction pass over all shards (in parallel) when the spill
+    /// files hold more than twice the live data, or when `force`d.
+    fn compact_if_wasteful(&self, force: bool) {
+        let Some(spill) = &self.spill else { return };
+        if let Some(pass) = spill.start_compaction(force) {
+            let moved: u64 = self.shards.par_iter().map(|s| s.compact(spill)).sum();
+            pass.moved(moved);
+        }
+    }
+
+    /// Reclaims disk space now: moves the values still needed out of spill
+    /// files that are mostly dead space (replaced or removed values), so
+    /// those files can be deleted. The store also does this by itself
+    /// whenever its files grow past twice the live data; call this to shrink
+    /// the dump directory at a moment of your choosing.
+    ///
+    /// Values that fail their integrity check stay where they are. A spill
+    /// that fails (disk full) ends the pass early, losing nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SpillStore::builder()
+    ///     .max_size(1000)
+    ///     .dump_dir(dir.path())
+    ///     .segment_size(4096)
+    ///     .shards(1)
+    ///     .build()?;
+    /// for i in 0..200 {
+    ///     store.insert(i.to_string(), vec![0u8; 100])?;
+    /// }
+    /// for i in (0..200).filter(|i| i % 4 != 0) {
+    ///     store.remove(&i.to_string())?; // leaves every segment a quarter full
+    /// }
+    /// let before = store.stats().spill_file_bytes;
+    /// store.compact();
+    /// assert!(store.stats().spill_file_bytes < before);
+    /// assert_eq!(store.get("4")?.unwrap().len(), 100);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn compact(&self) {
+        self.compact_if_wasteful(true);
     }
 
     /// The value of `key`, or `None` if absent.
@@ -473,6 +522,8 @@ where
             let usage = spill.usage();
             stats.spill_files = usage.files;
             stats.spill_file_bytes = usage.bytes;
+            stats.compactions = usage.compactions;
+            stats.compacted_bytes = usage.compacted_bytes;
         }
         stats
     }

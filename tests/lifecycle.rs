@@ -247,3 +247,48 @@ fn the_dump_dir_replaced_under_a_live_store_gives_errors_not_stray_writes() {
     }
     s.validate().unwrap();
 }
+
+/// Replacing values leaves dead records behind, and a few long-lived values
+/// in every segment keep those segments alive: without compaction the files
+/// grow with every spill. Compaction keeps them within about twice the live
+/// data.
+#[test]
+fn spill_files_stay_bounded_under_endless_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = 16 * 1024;
+    let s: SpillStore<u64> = SpillStore::builder()
+        .max_size(16 * 1024)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(segment)
+        .shards(2)
+        .build()
+        .unwrap();
+    let mut latest = std::collections::HashMap::new();
+    let mut spilled_total = 0;
+    for round in 0..200u64 {
+        // Two new keys that are never replaced, and churn on 100 others.
+        for k in [1_000 + 2 * round, 1_001 + 2 * round] {
+            s.insert(k, value(k, 300)).unwrap();
+            latest.insert(k, k);
+        }
+        for k in 0..100u64 {
+            let tag = k << 16 | round;
+            s.insert(k, value(tag, 300)).unwrap();
+            latest.insert(k, tag);
+        }
+        let st = s.stats();
+        spilled_total = st.spilled_bytes;
+        let bound = 2 * (st.disk_bytes + st.memory_bytes) + 6 * segment;
+        assert!(st.spill_file_bytes <= bound, "round {round}: {st:?}");
+    }
+    let st = s.stats();
+    assert!(
+        spilled_total > 10 * st.spill_file_bytes,
+        "the test spills enough: {st:?}"
+    );
+    assert!(st.compactions > 0 && st.compacted_bytes > 0, "{st:?}");
+    for (&k, &tag) in &latest {
+        assert_eq!(s.get(&k).unwrap().unwrap(), value(tag, 300), "key {k}");
+    }
+    s.validate().unwrap();
+}

@@ -24,7 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -59,6 +59,11 @@ pub(crate) struct DirShared {
     next_file_number: AtomicU64,
     files: AtomicUsize,
     file_bytes: AtomicU64,
+    /// Bytes of live records in all files: what compaction could shrink to.
+    live_bytes: AtomicU64,
+    compacting: AtomicBool,
+    compactions: AtomicU64,
+    compacted_bytes: AtomicU64,
 }
 
 /// The segment small records are currently appended to.
@@ -74,6 +79,25 @@ struct Writer {
 pub(crate) struct DiskUsage {
     pub(crate) files: usize,
     pub(crate) bytes: u64,
+    pub(crate) compactions: u64,
+    pub(crate) compacted_bytes: u64,
+}
+
+/// Clears the compaction flag when a compaction pass ends.
+pub(crate) struct CompactionGuard<'a>(&'a DirShared);
+
+impl CompactionGuard<'_> {
+    /// Counts `bytes` of records moved by this pass.
+    pub(crate) fn moved(&self, bytes: u64) {
+        self.0.compacted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for CompactionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.compactions.fetch_add(1, Ordering::Relaxed);
+        self.0.compacting.store(false, Ordering::Release);
+    }
 }
 
 impl SpillDir {
@@ -113,6 +137,10 @@ impl SpillDir {
                 next_file_number: AtomicU64::new(0),
                 files: AtomicUsize::new(0),
                 file_bytes: AtomicU64::new(0),
+                live_bytes: AtomicU64::new(0),
+                compacting: AtomicBool::new(false),
+                compactions: AtomicU64::new(0),
+                compacted_bytes: AtomicU64::new(0),
             }),
             lock_file,
             lock_file_created,
@@ -126,10 +154,31 @@ impl SpillDir {
 
     /// Files and bytes the store's spill files occupy now.
     pub(crate) fn usage(&self) -> DiskUsage {
+        let shared = &self.shared;
         DiskUsage {
-            files: self.shared.files.load(Ordering::Relaxed),
-            bytes: self.shared.file_bytes.load(Ordering::Relaxed),
+            files: shared.files.load(Ordering::Relaxed),
+            bytes: shared.file_bytes.load(Ordering::Relaxed),
+            compactions: shared.compactions.load(Ordering::Relaxed),
+            compacted_bytes: shared.compacted_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Starts a compaction pass if the files hold more than twice the live
+    /// records' bytes (plus four segments of slack, so small stores do not
+    /// churn) and no other pass is running.
+    ///
+    /// Each pass moves the live records out of sparse segments (sealed and
+    /// at most half live), so it costs at most the live bytes and frees at
+    /// least as much as it moves: amortized, a constant factor on spills.
+    pub(crate) fn start_compaction(&self, force: bool) -> Option<CompactionGuard<'_>> {
+        let shared = &self.shared;
+        let files = shared.file_bytes.load(Ordering::Relaxed);
+        let live = shared.live_bytes.load(Ordering::Relaxed);
+        let wasteful = files > 2 * live + 4 * shared.segment_size;
+        if !(force || wasteful) || shared.compacting.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(CompactionGuard(shared))
     }
 
     /// Writes each `(id, value)` as a checksummed record and returns the
@@ -196,20 +245,21 @@ impl SpillDir {
                 if !fits {
                     let segment = shared.create_segment(shared.segment_size)?;
                     // Dropping the old active segment deletes it if nothing needs it.
-                    writer.active = Some(segment);
+                    if let Some(old) = writer.active.replace(segment) {
+                        old.seal();
+                    }
                     writer.used = 0;
                 }
                 let segment = writer.active.clone().expect("an active segment");
-                segment.acquire();
-                records.push(Some(Record::new(segment, writer.used)));
+                records.push(Some(Record::new(segment, writer.used, len)));
                 writer.used += len;
             }
         }
         for i in large {
             let len = record::HEADER_LEN + values[i].1.len() as u64;
             let segment = shared.create_segment(len)?;
-            segment.acquire();
-            records[i] = Some(Record::new(segment, 0));
+            segment.seal();
+            records[i] = Some(Record::new(segment, 0, len));
         }
         Ok(records.into_iter().map(|r| r.expect("placed")).collect())
     }
@@ -378,7 +428,12 @@ mod tests {
         let records = spill.write(&vals).unwrap();
         assert_eq!(records[0].reader().read_copy(0, 100).unwrap(), vals[0].1);
         let path = tmp.path().join("d").join("spill-00000000.seg");
-        OpenOptions::new().write(true).open(path).unwrap().set_len(140).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(140)
+            .unwrap();
         assert!(records[0].reader().read_copy(0, 100).is_ok());
         let second = records[1].reader().read_mapped(1, 100);
         assert!(matches!(second, Err(Error::Corrupted { .. })), "{second:?}");

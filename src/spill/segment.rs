@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -31,6 +31,10 @@ pub(crate) struct Segment {
     size: u64,
     /// Records, written or reserved, that still need this file.
     live: AtomicU64,
+    /// Bytes of those records (headers included).
+    live_bytes: AtomicU64,
+    /// Set once the writer has moved on: no more records will be added.
+    sealed: AtomicBool,
     /// The whole file mapped read-only, once some record was read.
     map: OnceLock<Bytes>,
     map_init: Mutex<()>,
@@ -67,6 +71,8 @@ impl Segment {
             ino,
             size,
             live: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            sealed: AtomicBool::new(false),
             map: OnceLock::new(),
             map_init: Mutex::new(()),
             dir,
@@ -81,18 +87,40 @@ impl Segment {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Counts one more record that needs this file. Called by the writer
-    /// while it holds its lock, so retiring the segment cannot race with it.
-    pub(super) fn acquire(&self) {
+    /// Counts one more record of `len` bytes that needs this file. Called
+    /// by the writer while it holds its lock, so retiring the segment cannot
+    /// race with it.
+    fn acquire(&self, len: u64) {
         self.live.fetch_add(1, Ordering::AcqRel);
+        self.live_bytes.fetch_add(len, Ordering::Relaxed);
+        if let Some(dir) = self.dir.upgrade() {
+            dir.live_bytes.fetch_add(len, Ordering::Relaxed);
+        }
     }
 
-    fn release(&self) {
+    fn release(&self, len: u64) {
+        self.live_bytes.fetch_sub(len, Ordering::Relaxed);
+        let dir = self.dir.upgrade();
+        if let Some(dir) = &dir {
+            dir.live_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(dir) = self.dir.upgrade() {
+            if let Some(dir) = dir {
                 dir.retire_if_unused(self);
             }
         }
+    }
+
+    /// Marks that no record will be added any more.
+    pub(super) fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Whether compaction should move this segment's records elsewhere: the
+    /// writer is done with it and at most half of it is still needed.
+    pub(super) fn is_sparse(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+            && self.live_bytes.load(Ordering::Relaxed) * 2 <= self.size
     }
 
     /// Writes `data` at `offset`.
@@ -220,13 +248,29 @@ impl Drop for Segment {
 pub(crate) struct Record {
     segment: Arc<Segment>,
     offset: u64,
+    /// Header and value bytes.
+    len: u64,
 }
 
 impl Record {
-    /// A record at `offset` in `segment`; the caller has already counted it
-    /// with [`Segment::acquire`].
-    pub(super) fn new(segment: Arc<Segment>, offset: u64) -> Self {
-        Record { segment, offset }
+    /// A record of `len` bytes at `offset` in `segment`, counted as live.
+    pub(super) fn new(segment: Arc<Segment>, offset: u64, len: u64) -> Self {
+        segment.acquire(len);
+        Record {
+            segment,
+            offset,
+            len,
+        }
+    }
+
+    /// Whether compaction should move this record to a fuller segment.
+    pub(crate) fn in_sparse_segment(&self) -> bool {
+        self.segment.is_sparse()
+    }
+
+    /// Whether `self` and `other` are the same record.
+    pub(crate) fn same_as(&self, other: &RecordReader) -> bool {
+        Arc::ptr_eq(&self.segment, &other.segment) && self.offset == other.offset
     }
 
     pub(super) fn segment(&self) -> &Arc<Segment> {
@@ -271,6 +315,6 @@ impl RecordReader {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.segment.release();
+        self.segment.release(self.len);
     }
 }
