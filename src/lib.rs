@@ -89,9 +89,11 @@
 //! | `config` | [`Builder`] and validation |
 //! | `shard` | one shard: index, LRU, budget; decides what to spill |
 //! | `lru` | index-based intrusive list over a slab |
+//! | `access` | striped lock-free log of memory hits, replayed by writers |
 //! | `spill` | the dump dir: naming, segments, records, checksums, lock, the mapping |
 //! | `error`, `stats` | [`Error`], [`Stats`] |
 
+mod access;
 mod config;
 mod error;
 mod lru;

@@ -22,18 +22,15 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use crossbeam::queue::ArrayQueue;
 use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockWriteGuard};
 
+use crate::access::AccessLog;
 use crate::error::Error;
 use crate::lru::{LinkedSlab, SlotId};
 use crate::spill::{Record, SpillDir};
 use crate::stats::{bump, Counters, Stats};
 use crate::Location;
-
-/// Accesses buffered before a writer must apply them to the LRU list.
-const ACCESS_BUFFER: usize = 128;
 
 /// A stored key and the state of its value.
 pub(crate) struct Entry<K> {
@@ -81,7 +78,7 @@ pub(crate) struct Shard<K> {
     state: RwLock<State<K>>,
     /// Memory hits recorded under the read lock, applied to the LRU list by
     /// the next writer; lossy only when full and the lock is contended.
-    accesses: ArrayQueue<SlotId>,
+    accesses: AccessLog,
     /// This shard's share of `max_size`; `u64::MAX` when unbounded.
     budget: u64,
     next_id: AtomicU64,
@@ -103,7 +100,7 @@ where
                 disk_bytes: 0,
                 memory_entries: 0,
             }),
-            accesses: ArrayQueue::new(ACCESS_BUFFER),
+            accesses: AccessLog::new(),
             budget,
             next_id: AtomicU64::new(0),
             hasher,
@@ -184,7 +181,6 @@ where
                 let value = value.clone();
                 drop(state);
                 self.record_access(slot);
-                bump(&self.counters.hits, 1);
                 return Ok(Some((value, Location::Memory)));
             }
             let record = entry
@@ -299,6 +295,7 @@ where
             stats.disk_bytes += state.disk_bytes;
         }
         self.counters.add_to(stats);
+        stats.hits += self.accesses.hits();
     }
 
     /// Write lock, with buffered accesses applied first so that eviction
@@ -310,9 +307,7 @@ where
     }
 
     fn apply_accesses(&self, state: &mut State<K>) {
-        while let Some(slot) = self.accesses.pop() {
-            state.slab.touch(slot);
-        }
+        self.accesses.replay(|slot| state.slab.touch(slot));
     }
 
     /// Records a memory hit on `slot` for the LRU order without a write lock.
@@ -321,7 +316,7 @@ where
     /// otherwise the access is dropped: under contention recency is
     /// approximate, single-threaded it is exact.
     fn record_access(&self, slot: SlotId) {
-        if self.accesses.push(slot).is_err() {
+        if !self.accesses.record(slot) {
             if let Some(mut state) = self.state.try_write() {
                 self.apply_accesses(&mut state);
                 state.slab.touch(slot);
@@ -583,7 +578,7 @@ impl<K> Shard<K> {
         let entries = {
             let mut state = self.state.write();
             // Buffered accesses name slots about to be freed.
-            while self.accesses.pop().is_some() {}
+            self.accesses.discard();
             state.index.clear();
             state.memory_bytes = 0;
             state.spilling_bytes = 0;

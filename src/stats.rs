@@ -70,7 +70,6 @@ pub struct Stats {
 /// Activity counters of one shard; relaxed atomics, read only for [`Stats`].
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) reloads: AtomicU64,
     pub(crate) reloaded_bytes: AtomicU64,
@@ -89,7 +88,6 @@ impl Counters {
     /// Adds this shard's counters into `stats`.
     pub(crate) fn add_to(&self, stats: &mut Stats) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        stats.hits += get(&self.hits);
         stats.misses += get(&self.misses);
         stats.reloads += get(&self.reloads);
         stats.reloaded_bytes += get(&self.reloaded_bytes);
