@@ -92,6 +92,7 @@
 //! | `access` | striped lock-free log of memory hits, replayed by writers |
 //! | `spill` | the dump dir: naming, segments, records, checksums, lock, the mapping |
 //! | `error`, `stats` | [`Error`], [`Stats`] |
+//! | `sync` | the locks: parking_lot's, or shuttle's for the model check |
 
 mod access;
 mod config;
@@ -101,6 +102,7 @@ mod shard;
 mod spill;
 mod stats;
 mod store;
+mod sync;
 
 pub use bytes::Bytes;
 pub use config::{Builder, DEFAULT_SEGMENT_SIZE, MAX_SHARDS};

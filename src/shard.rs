@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
-use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::access::AccessLog;
 use crate::error::Error;
 use crate::lru::{LinkedSlab, SlotId};
 use crate::spill::{Record, SpillDir};
 use crate::stats::{bump, Counters, Stats};
+use crate::sync::{yield_now, RwLock, RwLockWriteGuard};
 use crate::Location;
 
 /// A stored key and the state of its value.
@@ -390,11 +390,15 @@ where
                 if (state.memory_bytes - credit).saturating_add(len) > self.budget {
                     // All else is being written out by other threads: wait.
                     debug_assert!(state.spilling_bytes > 0, "budget accounting is off");
-                    RwLockWriteGuard::unlocked(&mut state, std::thread::yield_now);
+                    drop(state);
+                    yield_now();
+                    state = self.lock();
                 }
                 continue;
             }
-            let written = RwLockWriteGuard::unlocked(&mut state, || spill.write(&values));
+            drop(state);
+            let written = spill.write(&values);
+            state = self.state.write();
             drop(values);
             let state = &mut *state;
             match written {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use crate::sync::Mutex;
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::record::{self, HEADER_LEN};
 use super::DirShared;

@@ -1,0 +1,57 @@
+//! The locks the store uses, swappable for a model checker.
+//!
+//! Normally these are parking_lot's. Built with `RUSTFLAGS="--cfg shuttle"`,
+//! they are shuttle's, so `tests/shuttle.rs` can explore the interleavings
+//! of inserts, reloads, removals and spills (see that file).
+
+#[cfg(not(shuttle))]
+pub(crate) use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+/// Gives the processor (or, under shuttle, the scheduler) to another thread.
+#[cfg(not(shuttle))]
+pub(crate) fn yield_now() {
+    std::thread::yield_now();
+}
+
+#[cfg(shuttle)]
+pub(crate) use self::model::{yield_now, Mutex, RwLock, RwLockWriteGuard};
+
+#[cfg(shuttle)]
+mod model {
+    //! shuttle's locks behind parking_lot's method names. Poisoning cannot
+    //! happen in these tests (a panic fails the whole execution), so the
+    //! results are unwrapped.
+
+    pub(crate) use shuttle::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+    pub(crate) use shuttle::thread::yield_now;
+
+    #[derive(Default)]
+    pub(crate) struct RwLock<T>(shuttle::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            RwLock(shuttle::sync::RwLock::new(value))
+        }
+        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
+            self.0.read().unwrap()
+        }
+        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
+            self.0.write().unwrap()
+        }
+        pub(crate) fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
+            self.0.try_write().ok()
+        }
+    }
+
+    #[derive(Default)]
+    pub(crate) struct Mutex<T>(shuttle::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(shuttle::sync::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+}

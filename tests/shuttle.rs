@@ -1,0 +1,182 @@
+//! Model check of the shard's entry state machine under shuttle.
+//!
+//! An entry moves between *in memory*, *being spilled*, *on disk*, *being
+//! reloaded* and *removed*, with file I/O done outside the shard lock. These
+//! tests run small races on one key of a one-shard store whose budget holds
+//! a single value, so every insert and every promotion forces a spill, and
+//! let shuttle explore thousands of thread interleavings (the store's locks
+//! are shuttle's under `--cfg shuttle`). After every execution: no lost
+//! update, no resurrected key, no wrong bytes, exact accounting, and no
+//! leaked spill file.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg shuttle" cargo test --release --test shuttle`
+#![cfg(shuttle)]
+
+mod common;
+
+use std::sync::Arc;
+
+use shuttle::thread;
+use spillstore::{Bytes, SpillStore};
+
+const ITERATIONS: usize = 2000;
+
+fn v(tag: u8) -> Vec<u8> {
+    vec![tag; 60]
+}
+
+/// A store that fits one 60-byte value in memory, with `k` spilled to disk
+/// (holding `v(0)`) and `other` resident.
+fn spilled_setup() -> (tempfile::TempDir, Arc<SpillStore<&'static str>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SpillStore::builder()
+        .max_size(100)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(4096)
+        .shards(1)
+        .build()
+        .unwrap();
+    store.insert("k", v(0)).unwrap();
+    store.insert("other", v(9)).unwrap();
+    assert_eq!(store.location("k"), Some(spillstore::Location::File));
+    (dir, Arc::new(store))
+}
+
+/// Accounting is exact, invariants hold, and removing every key leaves no
+/// spill file behind.
+fn check_and_empty(dir: &tempfile::TempDir, store: &SpillStore<&'static str>) {
+    store.validate().unwrap();
+    let stats = store.stats();
+    let total: u64 = store
+        .keys()
+        .iter()
+        .map(|k| store.get(k).unwrap().unwrap().len() as u64)
+        .sum();
+    assert_eq!(stats.memory_bytes + stats.disk_bytes, total);
+    assert!(stats.memory_bytes <= stats.max_size.unwrap());
+    for k in store.keys() {
+        store.remove(&k).unwrap();
+    }
+    assert_eq!(
+        common::data_files(&dir.path().join("dump")),
+        Vec::<String>::new()
+    );
+}
+
+fn is(value: &Option<Bytes>, tag: u8) -> bool {
+    value.as_deref() == Some(&v(tag)[..])
+}
+
+/// Replace vs reload vs eviction of the same key: the last writer wins and
+/// a reader sees the old or the new value, never another.
+#[test]
+fn replace_races_reload_and_spill() {
+    shuttle::check_random(
+        || {
+            let (dir, store) = spilled_setup();
+            let s = Arc::clone(&store);
+            let writer = thread::spawn(move || s.insert("k", v(1)).unwrap());
+            let s = Arc::clone(&store);
+            let reader = thread::spawn(move || s.get("k").unwrap());
+            let s = Arc::clone(&store);
+            let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
+            writer.join().unwrap();
+            let seen = reader.join().unwrap();
+            evicter.join().unwrap();
+            assert!(is(&seen, 0) || is(&seen, 1), "reader saw {seen:?}");
+            assert!(is(&store.get("k").unwrap(), 1), "lost update");
+            assert!(is(&store.get("third").unwrap(), 3));
+            assert!(is(&store.get("other").unwrap(), 9));
+            check_and_empty(&dir, &store);
+        },
+        ITERATIONS,
+    );
+}
+
+/// Remove vs reload-and-promote vs a spill: a removed key never comes back.
+#[test]
+fn remove_races_reload_and_spill() {
+    shuttle::check_random(
+        || {
+            let (dir, store) = spilled_setup();
+            let s = Arc::clone(&store);
+            let remover = thread::spawn(move || s.remove("k").unwrap());
+            let s = Arc::clone(&store);
+            let reader = thread::spawn(move || s.get("k").unwrap());
+            let s = Arc::clone(&store);
+            let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
+            assert!(remover.join().unwrap());
+            let seen = reader.join().unwrap();
+            evicter.join().unwrap();
+            assert!(seen.is_none() || is(&seen, 0), "reader saw {seen:?}");
+            assert_eq!(store.get("k").unwrap(), None, "resurrected");
+            assert!(!store.contains_key("k"));
+            check_and_empty(&dir, &store);
+        },
+        ITERATIONS,
+    );
+}
+
+/// Two concurrent spills of different victims and a removal of one of them
+/// while it is being written.
+#[test]
+fn remove_races_its_own_spill() {
+    shuttle::check_random(
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(
+                SpillStore::builder()
+                    .max_size(130)
+                    .dump_dir(dir.path().join("dump"))
+                    .segment_size(4096)
+                    .shards(1)
+                    .build()
+                    .unwrap(),
+            );
+            store.insert("a", v(1)).unwrap();
+            store.insert("b", v(2)).unwrap();
+            let s = Arc::clone(&store);
+            let t1 = thread::spawn(move || s.insert("c", v(3)).unwrap());
+            let s = Arc::clone(&store);
+            let t2 = thread::spawn(move || s.insert("d", v(4)).unwrap());
+            let s = Arc::clone(&store);
+            let t3 = thread::spawn(move || s.remove("a").unwrap());
+            t1.join().unwrap();
+            t2.join().unwrap();
+            assert!(t3.join().unwrap());
+            assert_eq!(store.get("a").unwrap(), None, "resurrected");
+            for (k, tag) in [("b", 2), ("c", 3), ("d", 4)] {
+                assert!(is(&store.get(k).unwrap(), tag), "lost {k}");
+            }
+            check_and_empty(&dir, &store);
+        },
+        ITERATIONS,
+    );
+}
+
+/// Two readers reloading the same spilled key, while it is replaced.
+#[test]
+fn concurrent_reloads_and_replace() {
+    shuttle::check_random(
+        || {
+            let (dir, store) = spilled_setup();
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let s = Arc::clone(&store);
+                    thread::spawn(move || s.get("k").unwrap())
+                })
+                .collect();
+            let s = Arc::clone(&store);
+            let writer = thread::spawn(move || s.insert("k", v(5)).unwrap());
+            for r in readers {
+                let seen = r.join().unwrap();
+                assert!(is(&seen, 0) || is(&seen, 5), "reader saw {seen:?}");
+            }
+            writer.join().unwrap();
+            assert!(is(&store.get("k").unwrap(), 5), "lost update");
+            check_and_empty(&dir, &store);
+        },
+        ITERATIONS,
+    );
+}
