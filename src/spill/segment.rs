@@ -161,13 +161,15 @@ impl Segment {
         let record = self.record_bytes(offset, end)?;
         let header = &record[..HEADER_LEN as usize];
         record::check_header(header, id, len).map_err(corrupted)?;
-        let value = if copy {
-            Bytes::copy_from_slice(&record[HEADER_LEN as usize..])
+        if copy {
+            let (value, sum) = record::copy_with_checksum(&record[HEADER_LEN as usize..]);
+            record::check_checksum(header, sum).map_err(corrupted)?;
+            Ok(Bytes::from(value))
         } else {
-            record.slice(HEADER_LEN as usize..)
-        };
-        record::check_value(header, &value).map_err(corrupted)?;
-        Ok(value)
+            let value = record.slice(HEADER_LEN as usize..);
+            record::check_value(header, &value).map_err(corrupted)?;
+            Ok(value)
+        }
     }
 
     /// The bytes `offset..end`, which the caller checked lie within the file.
