@@ -15,6 +15,9 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 /// Smallest accepted segment size.
 const MIN_SEGMENT_SIZE: u64 = 4096;
 
+/// Largest accepted segment size: records address segments with 32 bits.
+const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+
 /// Configures and builds a [`SpillStore`].
 ///
 /// `max_size` and `dump_dir` go together: give both for a store that spills,
@@ -162,7 +165,7 @@ impl<K> Builder<K> {
     }
 
     /// Size in bytes of the append-only segment files that small spilled
-    /// values are packed into (default 16 MiB, at least 4096). A value whose
+    /// values are packed into (default 16 MiB, from 4 KiB to 1 GiB). A value whose
     /// record is larger than a quarter of this gets a file of its own.
     ///
     /// # Examples
@@ -209,9 +212,9 @@ impl<K> Builder<K> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()) * 4,
         };
-        if self.segment_size < MIN_SEGMENT_SIZE {
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return invalid(format!(
-                "segment_size must be at least {MIN_SEGMENT_SIZE}, got {}",
+                "segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE}, got {}",
                 self.segment_size
             ));
         }

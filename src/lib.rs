@@ -77,9 +77,14 @@
 //!
 //! # Per-entry overhead
 //!
-//! Beyond key and value bytes, an entry costs one slab slot (links, id,
-//! length, the value handle and the disk location) and a 4-byte slot index
-//! plus one control byte in the hash table.
+//! Beyond the key (its inline size and its heap bytes) and the value bytes,
+//! an entry costs a 56-byte slab slot (two `u32` links and a 48-byte payload:
+//! the value's `Bytes` handle and, when on disk, a 16-byte record location)
+//! and a 4-byte slot index plus a control byte in the hash table, about
+//! 62 bytes in all when the slab and table are full; their growth by
+//! doubling adds up to as much again right after a resize. Entries carry no
+//! id or length field: a length comes from the `Bytes` or the record, and a
+//! spill in flight recognises its entry by the address of its bytes.
 //!
 //! # Components
 //!

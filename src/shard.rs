@@ -8,18 +8,23 @@
 //!
 //! Entry states, and what holds in each:
 //!
-//! | state    | `value` | `disk`     | in LRU list | counted in      |
-//! |----------|---------|------------|-------------|-----------------|
-//! | memory   | `Some`  | any        | yes         | `memory_bytes`  |
-//! | spilling | `Some`  | `None`     | no          | `memory_bytes`  |
-//! | file     | `None`  | `Some`     | no          | `disk_bytes`    |
+//! | state    | payload                       | in LRU list | counted in     |
+//! |----------|-------------------------------|-------------|----------------|
+//! | memory   | `Resident`, copy or not       | yes         | `memory_bytes` |
+//! | spilling | `Resident`, no copy           | no          | `memory_bytes` |
+//! | file     | `Disk`                        | no          | `disk_bytes`   |
 //!
 //! A resident value may keep its disk copy after a reload: values are
 //! immutable, so evicting it again needs no write ("respill").
+//!
+//! A spill or reload in flight knows its entry again by identity, not by an
+//! id stored per entry: a victim by the address of its bytes (the writer
+//! holds a clone, so the allocation cannot be reused meanwhile), a disk value
+//! by its record. Two values with the same address have the same bytes, so a
+//! mix-up between them is harmless.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -27,23 +32,43 @@ use hashbrown::HashTable;
 use crate::access::AccessLog;
 use crate::error::Error;
 use crate::lru::{LinkedSlab, SlotId};
-use crate::spill::{Record, SpillDir};
+use crate::spill::{Record, RecordReader, SpillDir};
 use crate::stats::{bump, Counters, Stats};
 use crate::sync::{yield_now, RwLock, RwLockWriteGuard};
 use crate::Location;
 
-/// A stored key and the state of its value.
+/// A stored key and its value's state.
 pub(crate) struct Entry<K> {
     key: K,
-    /// Unique within the shard for each stored value; tells a stale reference
-    /// (a spill in flight, a record on disk) from the current value.
-    id: u64,
-    len: u64,
-    /// The bytes in memory, for the memory and spilling states.
-    value: Option<Bytes>,
-    /// The checksummed copy on disk, if one was written.
-    disk: Option<Record>,
-    spilling: bool,
+    payload: Payload,
+}
+
+/// Where a value's bytes are.
+enum Payload {
+    /// In memory; `copy` is an intact record of the same bytes, kept from an
+    /// earlier spill so that evicting the value again needs no write.
+    Resident { value: Bytes, copy: Option<Record> },
+    /// Only on disk.
+    Disk(Record),
+}
+
+/// A payload to put in place while the real one is moved out.
+const PLACEHOLDER: Payload = Payload::Resident {
+    value: Bytes::new(),
+    copy: None,
+};
+
+impl Payload {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Resident { value, .. } => value.len() as u64,
+            Payload::Disk(record) => record.value_len(),
+        }
+    }
+
+    fn is_resident(&self) -> bool {
+        matches!(self, Payload::Resident { .. })
+    }
 }
 
 /// Values and records taken out of the shard, dropped after its lock is
@@ -55,9 +80,14 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    fn take_entry<K>(&mut self, entry: &mut Entry<K>) {
-        self.values.extend(entry.value.take());
-        self.records.extend(entry.disk.take());
+    fn take(&mut self, payload: Payload) {
+        match payload {
+            Payload::Resident { value, copy } => {
+                self.values.push(value);
+                self.records.extend(copy);
+            }
+            Payload::Disk(record) => self.records.push(record),
+        }
     }
 }
 
@@ -81,7 +111,6 @@ pub(crate) struct Shard<K> {
     accesses: AccessLog,
     /// This shard's share of `max_size`; `u64::MAX` when unbounded.
     budget: u64,
-    next_id: AtomicU64,
     hasher: ahash::RandomState,
     counters: Counters,
 }
@@ -102,7 +131,6 @@ where
             }),
             accesses: AccessLog::new(),
             budget,
-            next_id: AtomicU64::new(0),
             hasher,
             counters: Counters::default(),
         }
@@ -122,40 +150,29 @@ where
     ) -> Result<(), Error> {
         let mut deferred = Deferred::default();
         let len = value.len() as u64;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if len > self.budget {
             // Larger than this shard's share of memory: it goes straight to
             // disk and is served from its mapping without promotion.
             let Some(spill) = spill else {
                 unreachable!("a bounded shard always has a dump dir")
             };
-            let record = spill.write(&[(id, value)])?.pop();
+            let record = spill.write(std::slice::from_ref(&value))?.pop();
+            let record = record.expect("one record per value");
             bump(&self.counters.spills, 1);
             bump(&self.counters.spilled_bytes, len);
             let mut state = self.lock();
             state.put(
                 key,
                 hash,
-                id,
-                len,
-                None,
-                record,
+                Payload::Disk(record),
                 &self.hasher,
                 &mut deferred,
             );
             return Ok(());
         }
         let mut state = self.lock_with_room(len, Some((&key, hash)), spill, &mut deferred)?;
-        state.put(
-            key,
-            hash,
-            id,
-            len,
-            Some(value),
-            None,
-            &self.hasher,
-            &mut deferred,
-        );
+        let payload = Payload::Resident { value, copy: None };
+        state.put(key, hash, payload, &self.hasher, &mut deferred);
         Ok(())
     }
 
@@ -170,34 +187,36 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let pending = {
+        let reader = {
             let state = self.state.read();
             let Some(slot) = state.find(hash, key) else {
                 bump(&self.counters.misses, 1);
                 return Ok(None);
             };
-            let entry = state.slab.get(slot).expect("indexed slot is occupied");
-            if let Some(value) = &entry.value {
-                let value = value.clone();
-                drop(state);
-                self.record_access(slot);
-                return Ok(Some((value, Location::Memory)));
+            match &state
+                .slab
+                .get(slot)
+                .expect("indexed slot is occupied")
+                .payload
+            {
+                Payload::Resident { value, .. } => {
+                    let value = value.clone();
+                    drop(state);
+                    self.record_access(slot);
+                    return Ok(Some((value, Location::Memory)));
+                }
+                Payload::Disk(record) => record.reader(),
             }
-            let record = entry
-                .disk
-                .as_ref()
-                .expect("a value not in memory is on disk");
-            (record.reader(), entry.id, entry.len)
         };
-        let (reader, id, len) = pending;
+        let len = reader.value_len();
         // A value that will be resident again is copied out of the mapping,
         // so later hits never depend on the file; one that stays on disk is
         // handed out as a slice of the mapping.
         let promotable = len <= self.budget;
         let read = if promotable {
-            reader.read_copy(id, len)
+            reader.read_copy()
         } else {
-            reader.read_mapped(id, len)
+            reader.read_mapped()
         };
         let bytes = match read {
             Ok(bytes) => bytes,
@@ -211,7 +230,7 @@ where
         bump(&self.counters.reloads, 1);
         bump(&self.counters.reloaded_bytes, len);
         if promotable {
-            self.promote(key, hash, id, &bytes, spill);
+            self.promote(key, hash, &reader, &bytes, spill);
         }
         Ok(Some((bytes, Location::File)))
     }
@@ -219,8 +238,14 @@ where
     /// Makes a reloaded value resident again, keeping its disk copy, if it
     /// is still the stored value and room can be made. Failing to make room
     /// is not an error: the caller serves the bytes it read anyway.
-    fn promote<Q>(&self, key: &Q, hash: u64, id: u64, bytes: &Bytes, spill: Option<&SpillDir>)
-    where
+    fn promote<Q>(
+        &self,
+        key: &Q,
+        hash: u64,
+        reader: &RecordReader,
+        bytes: &Bytes,
+        spill: Option<&SpillDir>,
+    ) where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
@@ -234,10 +259,18 @@ where
             return;
         };
         let entry = state.slab.get_mut(slot).expect("indexed slot is occupied");
-        if entry.id != id || entry.value.is_some() {
-            return; // replaced meanwhile, or another reader promoted it
+        match &entry.payload {
+            Payload::Disk(record) if record.same_as(reader) => {}
+            // Replaced meanwhile, or another reader promoted it.
+            _ => return,
         }
-        entry.value = Some(bytes.clone());
+        let Payload::Disk(record) = std::mem::replace(&mut entry.payload, PLACEHOLDER) else {
+            unreachable!("checked above")
+        };
+        entry.payload = Payload::Resident {
+            value: bytes.clone(),
+            copy: Some(record),
+        };
         state.disk_bytes -= len;
         state.memory_bytes += len;
         state.memory_entries += 1;
@@ -263,8 +296,7 @@ where
     {
         let state = self.state.read();
         let slot = state.find(hash, key)?;
-        let entry = state.slab.get(slot)?;
-        Some(if entry.value.is_some() {
+        Some(if state.slab.get(slot)?.payload.is_resident() {
             Location::Memory
         } else {
             Location::File
@@ -344,9 +376,10 @@ where
         let mut state = self.lock();
         loop {
             let (credit, keep) = match replacing.and_then(|(k, h)| state.find(h, k)) {
-                Some(slot) if state.slab.is_linked(slot) => {
-                    (state.slab.get(slot).map_or(0, |e| e.len), Some(slot))
-                }
+                Some(slot) if state.slab.is_linked(slot) => (
+                    state.slab.get(slot).map_or(0, |e| e.payload.len()),
+                    Some(slot),
+                ),
                 other => (0, other),
             };
             let needed = (state.memory_bytes - credit).saturating_add(len);
@@ -357,8 +390,9 @@ where
                 unreachable!("a bounded shard always has a dump dir")
             };
             let mut to_free = needed - self.budget;
-            let mut victims: Vec<(SlotId, u64, u64)> = Vec::new();
-            let mut values: Vec<(u64, Bytes)> = Vec::new();
+            // Victims to write: their slots, and clones of their bytes that
+            // both feed the write and identify them afterwards.
+            let mut victims: Vec<(SlotId, Bytes)> = Vec::new();
             let mut cursor = state.slab.back();
             while let Some(slot) = cursor {
                 if to_free == 0 {
@@ -371,22 +405,30 @@ where
                 let state = &mut *state;
                 state.slab.unlink(slot);
                 let entry = state.slab.get_mut(slot).expect("linked slot is occupied");
-                to_free = to_free.saturating_sub(entry.len);
-                if entry.disk.is_some() {
-                    // An intact copy is on disk already: no write needed.
-                    deferred.values.extend(entry.value.take());
-                    state.memory_bytes -= entry.len;
-                    state.memory_entries -= 1;
-                    state.disk_bytes += entry.len;
-                    bump(&self.counters.respills, 1);
-                } else {
-                    entry.spilling = true;
-                    state.spilling_bytes += entry.len;
-                    victims.push((slot, entry.id, entry.len));
-                    values.push((entry.id, entry.value.clone().expect("resident")));
+                let len = entry.payload.len();
+                to_free = to_free.saturating_sub(len);
+                match std::mem::replace(&mut entry.payload, PLACEHOLDER) {
+                    Payload::Resident {
+                        value,
+                        copy: Some(record),
+                    } => {
+                        // An intact copy is on disk already: no write needed.
+                        entry.payload = Payload::Disk(record);
+                        deferred.values.push(value);
+                        state.memory_bytes -= len;
+                        state.memory_entries -= 1;
+                        state.disk_bytes += len;
+                        bump(&self.counters.respills, 1);
+                    }
+                    Payload::Resident { value, copy: None } => {
+                        victims.push((slot, value.clone()));
+                        entry.payload = Payload::Resident { value, copy: None };
+                        state.spilling_bytes += len;
+                    }
+                    Payload::Disk(_) => unreachable!("linked entries are resident"),
                 }
             }
-            if values.is_empty() {
+            if victims.is_empty() {
                 if (state.memory_bytes - credit).saturating_add(len) > self.budget {
                     // All else is being written out by other threads: wait.
                     debug_assert!(state.spilling_bytes > 0, "budget accounting is off");
@@ -397,38 +439,36 @@ where
                 continue;
             }
             drop(state);
+            let values: Vec<Bytes> = victims.iter().map(|(_, v)| v.clone()).collect();
             let written = spill.write(&values);
-            state = self.state.write();
             drop(values);
-            let state = &mut *state;
+            state = self.state.write();
+            let st = &mut *state;
             match written {
                 Ok(records) => {
-                    for ((slot, id, len), record) in victims.into_iter().zip(records) {
-                        match state.slab.get_mut(slot) {
-                            Some(e) if e.id == id && e.spilling => {
-                                e.spilling = false;
-                                deferred.values.extend(e.value.take());
-                                e.disk = Some(record);
-                                state.spilling_bytes -= len;
-                                state.memory_bytes -= len;
-                                state.memory_entries -= 1;
-                                state.disk_bytes += len;
-                                bump(&self.counters.spills, 1);
-                                bump(&self.counters.spilled_bytes, len);
-                            }
+                    for ((slot, victim), record) in victims.into_iter().zip(records) {
+                        if !st.is_spilling(slot, &victim) {
                             // Removed or replaced while being written.
-                            _ => deferred.records.push(record),
+                            deferred.records.push(record);
+                            continue;
                         }
+                        let entry = st.slab.get_mut(slot).expect("checked");
+                        let old = std::mem::replace(&mut entry.payload, Payload::Disk(record));
+                        deferred.take(old);
+                        let len = victim.len() as u64;
+                        st.spilling_bytes -= len;
+                        st.memory_bytes -= len;
+                        st.memory_entries -= 1;
+                        st.disk_bytes += len;
+                        bump(&self.counters.spills, 1);
+                        bump(&self.counters.spilled_bytes, len);
                     }
                 }
                 Err(err) => {
-                    for (slot, id, len) in victims {
-                        if let Some(e) = state.slab.get_mut(slot) {
-                            if e.id == id && e.spilling {
-                                e.spilling = false;
-                                state.spilling_bytes -= len;
-                                state.slab.push_back(slot);
-                            }
+                    for (slot, victim) in victims {
+                        if st.is_spilling(slot, &victim) {
+                            st.spilling_bytes -= victim.len() as u64;
+                            st.slab.push_back(slot);
                         }
                     }
                     return Err(err);
@@ -440,34 +480,37 @@ where
     /// Moves this shard's records out of sparse segments (see
     /// [`SpillDir::start_compaction`]), in batches of a few MiB, with no lock
     /// held during I/O. A resident value simply drops its disk copy instead.
-    /// Returns the record bytes moved. Stops at the first write error; an
+    /// Returns the value bytes moved. Stops at the first write error; an
     /// entry whose record fails to read keeps it (and stays corrupted).
     pub(crate) fn compact(&self, spill: &SpillDir) -> u64 {
         const BATCH_BYTES: u64 = 4 << 20;
         let mut moved = 0;
-        let (copies, mut to_move) = {
+        let (has_sparse_copies, mut to_move) = {
             let state = self.state.read();
-            let mut copies = Vec::new();
+            let mut copies = false;
             let mut to_move = Vec::new();
             for (slot, entry) in state.slab.iter() {
-                let Some(disk) = entry.disk.as_ref().filter(|d| d.in_sparse_segment()) else {
-                    continue;
-                };
-                if entry.value.is_some() {
-                    copies.push((slot, entry.id));
-                } else {
-                    to_move.push((slot, entry.id, entry.len, disk.reader()));
+                match &entry.payload {
+                    Payload::Resident {
+                        copy: Some(copy), ..
+                    } => copies |= copy.in_sparse_segment(),
+                    Payload::Disk(record) if record.in_sparse_segment() => {
+                        to_move.push((slot, record.reader()));
+                    }
+                    _ => {}
                 }
             }
             (copies, to_move)
         };
-        if !copies.is_empty() {
+        if has_sparse_copies {
             let mut deferred = Deferred::default();
             let mut state = self.lock();
-            for (slot, id) in copies {
-                if let Some(e) = state.slab.get_mut(slot).filter(|e| e.id == id) {
-                    if e.value.is_some() {
-                        deferred.records.extend(e.disk.take());
+            let slots: Vec<SlotId> = state.slab.iter().map(|(slot, _)| slot).collect();
+            for slot in slots {
+                let entry = state.slab.get_mut(slot).expect("occupied");
+                if let Payload::Resident { copy, .. } = &mut entry.payload {
+                    if copy.as_ref().is_some_and(Record::in_sparse_segment) {
+                        deferred.records.extend(copy.take());
                     }
                 }
             }
@@ -475,19 +518,19 @@ where
         while !to_move.is_empty() {
             let mut batch = Vec::new();
             let mut batch_bytes = 0;
-            while let Some(item) = to_move.pop() {
-                batch_bytes += item.2;
-                batch.push(item);
+            while let Some((slot, reader)) = to_move.pop() {
+                batch_bytes += reader.value_len();
+                batch.push((slot, reader));
                 if batch_bytes >= BATCH_BYTES {
                     break;
                 }
             }
             let mut read = Vec::with_capacity(batch.len());
             let mut values = Vec::with_capacity(batch.len());
-            for (slot, id, len, reader) in batch {
-                if let Ok(bytes) = reader.read_mapped(id, len) {
-                    values.push((id, bytes));
-                    read.push((slot, id, len, reader));
+            for (slot, reader) in batch {
+                if let Ok(bytes) = reader.read_mapped() {
+                    values.push(bytes);
+                    read.push((slot, reader));
                 }
             }
             let Ok(records) = spill.write(&values) else {
@@ -496,15 +539,11 @@ where
             drop(values);
             let mut deferred = Deferred::default();
             let mut state = self.lock();
-            for ((slot, id, len, reader), record) in read.into_iter().zip(records) {
-                match state.slab.get_mut(slot) {
-                    Some(e)
-                        if e.id == id
-                            && e.value.is_none()
-                            && e.disk.as_ref().is_some_and(|d| d.same_as(&reader)) =>
-                    {
-                        deferred.records.extend(e.disk.replace(record));
-                        moved += len;
+            for ((slot, reader), record) in read.into_iter().zip(records) {
+                match state.slab.get_mut(slot).map(|e| &mut e.payload) {
+                    Some(Payload::Disk(old)) if old.same_as(&reader) => {
+                        moved += reader.value_len();
+                        deferred.records.push(std::mem::replace(old, record));
                     }
                     _ => deferred.records.push(record),
                 }
@@ -530,27 +569,27 @@ where
             if state.find(hash, &entry.key) != Some(slot) {
                 return Err(format!("slot {slot}: key not indexed to it"));
             }
-            match &entry.value {
-                Some(v) => {
-                    if v.len() as u64 != entry.len {
-                        return Err(format!("slot {slot}: value length differs from entry"));
-                    }
-                    memory += entry.len;
+            let len = entry.payload.len();
+            let linked = state.slab.is_linked(slot);
+            match &entry.payload {
+                Payload::Resident { copy, .. } => {
+                    memory += len;
                     resident += 1;
-                    if entry.spilling {
-                        spilling += entry.len;
-                        if entry.disk.is_some() || state.slab.is_linked(slot) {
-                            return Err(format!("slot {slot}: spilling but linked or on disk"));
+                    if !linked {
+                        spilling += len;
+                        if copy.is_some() {
+                            return Err(format!("slot {slot}: spilling but has a disk copy"));
                         }
-                    } else if !state.slab.is_linked(slot) {
-                        return Err(format!("slot {slot}: resident but not in the LRU list"));
+                    }
+                    if copy.as_ref().is_some_and(|c| c.value_len() != len) {
+                        return Err(format!("slot {slot}: disk copy of another length"));
                     }
                 }
-                None => {
-                    if entry.disk.is_none() || entry.spilling || state.slab.is_linked(slot) {
-                        return Err(format!("slot {slot}: neither in memory nor on disk"));
+                Payload::Disk(_) => {
+                    if linked {
+                        return Err(format!("slot {slot}: on disk but in the LRU list"));
                     }
-                    disk += entry.len;
+                    disk += len;
                 }
             }
         }
@@ -608,65 +647,58 @@ impl<K> State<K> {
             .copied()
     }
 
-    /// Stops counting `entry`'s bytes; the caller takes its value and record.
-    fn unaccount(&mut self, entry_len: u64, resident: bool, spilling: bool) {
+    /// Whether `slot` still holds the spill victim whose bytes are `victim`.
+    fn is_spilling(&self, slot: SlotId, victim: &Bytes) -> bool {
+        !self.slab.is_linked(slot)
+            && self.slab.get(slot).is_some_and(|e| match &e.payload {
+                Payload::Resident { value, copy: None } => {
+                    value.as_ptr() == victim.as_ptr() && value.len() == victim.len()
+                }
+                _ => false,
+            })
+    }
+
+    /// Stops counting a payload of `len` bytes in the given state.
+    fn unaccount(&mut self, len: u64, resident: bool, linked: bool) {
         if resident {
-            self.memory_bytes -= entry_len;
+            self.memory_bytes -= len;
             self.memory_entries -= 1;
-            if spilling {
-                self.spilling_bytes -= entry_len;
+            if !linked {
+                self.spilling_bytes -= len;
             }
         } else {
-            self.disk_bytes -= entry_len;
+            self.disk_bytes -= len;
         }
     }
 
-    /// Stores a new value for `key`, replacing the old one. A value in memory
-    /// goes to the head of the LRU list; the caller made room for it.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores a new payload for `key`, replacing the old one. A resident
+    /// value goes to the head of the LRU list; the caller made room for it.
     fn put(
         &mut self,
         key: K,
         hash: u64,
-        id: u64,
-        len: u64,
-        value: Option<Bytes>,
-        disk: Option<Record>,
+        payload: Payload,
         hasher: &ahash::RandomState,
         deferred: &mut Deferred,
     ) where
         K: Hash + Eq,
     {
-        let resident = value.is_some();
+        let (len, resident) = (payload.len(), payload.is_resident());
         let slot = match self.find(hash, &key) {
             Some(slot) => {
-                let old = self.slab.get_mut(slot).expect("indexed slot is occupied");
-                let (old_len, old_resident, old_spilling) =
-                    (old.len, old.value.is_some(), old.spilling);
-                deferred.take_entry(old);
-                *old = Entry {
-                    key,
-                    id,
-                    len,
-                    value,
-                    disk,
-                    spilling: false,
-                };
-                self.unaccount(old_len, old_resident, old_spilling);
+                let linked = self.slab.is_linked(slot);
+                let entry = self.slab.get_mut(slot).expect("indexed slot is occupied");
+                let old = std::mem::replace(&mut entry.payload, payload);
+                let (old_len, old_resident) = (old.len(), old.is_resident());
+                deferred.take(old);
+                self.unaccount(old_len, old_resident, linked);
                 self.slab.unlink(slot);
                 slot
             }
             None => {
                 let slot = self
                     .slab
-                    .insert(Entry {
-                        key,
-                        id,
-                        len,
-                        value,
-                        disk,
-                        spilling: false,
-                    })
+                    .insert(Entry { key, payload })
                     .expect("fewer than 2^32 - 2 entries in one shard");
                 let slab = &self.slab;
                 self.index.insert_unique(hash, slot, |&s| {
@@ -696,9 +728,25 @@ impl<K> State<K> {
             return false;
         };
         let (slot, _) = found.remove();
-        let mut entry = self.slab.remove(slot).expect("indexed slot is occupied");
-        self.unaccount(entry.len, entry.value.is_some(), entry.spilling);
-        deferred.take_entry(&mut entry);
+        let linked = self.slab.is_linked(slot);
+        let entry = self.slab.remove(slot).expect("indexed slot is occupied");
+        self.unaccount(entry.payload.len(), entry.payload.is_resident(), linked);
+        deferred.take(entry.payload);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-entry bookkeeping the crate docs promise: a slab slot of an
+    /// entry with a `String` key is 80 bytes, 24 of them the key's own.
+    #[test]
+    fn entry_sizes() {
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+        assert_eq!(std::mem::size_of::<Payload>(), 48);
+        assert_eq!(std::mem::size_of::<Entry<String>>(), 72);
+        assert_eq!(std::mem::size_of::<Option<Entry<String>>>(), 72);
     }
 }

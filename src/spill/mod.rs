@@ -30,8 +30,8 @@ use std::sync::{Arc, Weak};
 use crate::sync::Mutex;
 use bytes::Bytes;
 
-pub(crate) use segment::Record;
 use segment::Segment;
+pub(crate) use segment::{Record, RecordReader};
 
 use crate::error::Error;
 
@@ -181,12 +181,12 @@ impl SpillDir {
         Some(CompactionGuard(shared))
     }
 
-    /// Writes each `(id, value)` as a checksummed record and returns the
-    /// records in the same order.
+    /// Writes each value as a checksummed record and returns the records in
+    /// the same order.
     ///
     /// On error nothing is returned: space reserved for the batch is released
     /// and a file created for it alone is deleted.
-    pub(crate) fn write(&self, values: &[(u64, Bytes)]) -> Result<Vec<Record>, Error> {
+    pub(crate) fn write(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
         let records = self.reserve(values)?;
         let mut batch: Vec<u8> = Vec::new();
         let mut batch_start: Option<(&Arc<Segment>, u64)> = None;
@@ -197,8 +197,8 @@ impl SpillDir {
             batch.clear();
             Ok::<(), Error>(())
         };
-        for (record, (id, value)) in records.iter().zip(values) {
-            let header = record::header(*id, value);
+        for (record, value) in records.iter().zip(values) {
+            let header = record::header(record.place(), value);
             let record_len = header.len() + value.len();
             let contiguous = batch_start.is_some_and(|(seg, start)| {
                 Arc::ptr_eq(seg, record.segment()) && start + batch.len() as u64 == record.offset()
@@ -225,13 +225,13 @@ impl SpillDir {
 
     /// Places each value: small records in the active segment (rolling over
     /// to a new one when it is full), large ones in files of their own.
-    fn reserve(&self, values: &[(u64, Bytes)]) -> Result<Vec<Record>, Error> {
+    fn reserve(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
         let shared = &self.shared;
         let mut records = Vec::with_capacity(values.len());
         let mut large = Vec::new();
         {
             let mut writer = shared.writer.lock();
-            for (i, (_, value)) in values.iter().enumerate() {
+            for (i, value) in values.iter().enumerate() {
                 let len = record::HEADER_LEN + value.len() as u64;
                 if len > shared.segment_size / 4 {
                     large.push(i);
@@ -243,7 +243,7 @@ impl SpillDir {
                     .as_ref()
                     .is_some_and(|s| writer.used + len <= s.size());
                 if !fits {
-                    let segment = shared.create_segment(shared.segment_size)?;
+                    let segment = shared.create_segment(shared.segment_size, false)?;
                     // Dropping the old active segment deletes it if nothing needs it.
                     if let Some(old) = writer.active.replace(segment) {
                         old.seal();
@@ -256,8 +256,8 @@ impl SpillDir {
             }
         }
         for i in large {
-            let len = record::HEADER_LEN + values[i].1.len() as u64;
-            let segment = shared.create_segment(len)?;
+            let len = record::HEADER_LEN + values[i].len() as u64;
+            let segment = shared.create_segment(len, true)?;
             segment.seal();
             records[i] = Some(Record::new(segment, 0, len));
         }
@@ -277,8 +277,9 @@ impl Drop for SpillDir {
 }
 
 impl DirShared {
-    /// Creates a new spill file of `size` bytes under a fresh name.
-    fn create_segment(self: &Arc<Self>, size: u64) -> Result<Arc<Segment>, Error> {
+    /// Creates a new spill file of `size` bytes under a fresh name; a
+    /// `dedicated` one will hold a single record.
+    fn create_segment(self: &Arc<Self>, size: u64, dedicated: bool) -> Result<Arc<Segment>, Error> {
         if !self.dir_is_ours() {
             return Err(Error::io(
                 "creating spill file in",
@@ -294,7 +295,7 @@ impl DirShared {
         loop {
             let n = self.next_file_number.fetch_add(1, Ordering::Relaxed);
             let path = self.path.join(format!("spill-{n:08}.seg"));
-            match Segment::create(path.clone(), size, weak.clone()) {
+            match Segment::create(path.clone(), n, size, dedicated, weak.clone()) {
                 Ok(segment) => {
                     self.files.fetch_add(1, Ordering::Relaxed);
                     self.file_bytes.fetch_add(size, Ordering::Relaxed);
@@ -376,11 +377,11 @@ mod tests {
         (tmp, spill)
     }
 
-    fn values(sizes: &[usize]) -> Vec<(u64, Bytes)> {
+    fn values(sizes: &[usize]) -> Vec<Bytes> {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| (i as u64, Bytes::from(vec![i as u8 ^ 0x5a; n])))
+            .map(|(i, &n)| Bytes::from(vec![i as u8 ^ 0x5a; n]))
             .collect()
     }
 
@@ -392,12 +393,10 @@ mod tests {
         let vals = values(&[10, 0, 3000, 100]);
         let records = spill.write(&vals).unwrap();
         assert_eq!(spill.usage().files, 2);
-        for (record, (id, value)) in records.iter().zip(&vals) {
-            let len = value.len() as u64;
-            assert_eq!(record.reader().read_mapped(*id, len).unwrap(), value);
-            assert_eq!(record.reader().read_copy(*id, len).unwrap(), value);
-            let wrong_id = record.reader().read_copy(id + 1, len);
-            assert!(matches!(wrong_id, Err(Error::Corrupted { .. })));
+        for (record, value) in records.iter().zip(&vals) {
+            assert_eq!(record.value_len(), value.len() as u64);
+            assert_eq!(record.reader().read_mapped().unwrap(), value);
+            assert_eq!(record.reader().read_copy().unwrap(), value);
         }
     }
 
@@ -408,7 +407,7 @@ mod tests {
         assert_eq!(listing(), 1); // the lock file
         let mut records = Vec::new();
         for i in 0..40u64 {
-            records.extend(spill.write(&[(i, Bytes::from(vec![1u8; 200]))]).unwrap());
+            records.extend(spill.write(&[Bytes::from(vec![i as u8; 200])]).unwrap());
         }
         let files = spill.usage().files;
         assert!(files >= 2, "{files}");
@@ -426,7 +425,7 @@ mod tests {
         let (tmp, spill) = dir();
         let vals = values(&[100, 100]);
         let records = spill.write(&vals).unwrap();
-        assert_eq!(records[0].reader().read_copy(0, 100).unwrap(), vals[0].1);
+        assert_eq!(records[0].reader().read_copy().unwrap(), vals[0]);
         let path = tmp.path().join("d").join("spill-00000000.seg");
         OpenOptions::new()
             .write(true)
@@ -434,8 +433,8 @@ mod tests {
             .unwrap()
             .set_len(140)
             .unwrap();
-        assert!(records[0].reader().read_copy(0, 100).is_ok());
-        let second = records[1].reader().read_mapped(1, 100);
+        assert!(records[0].reader().read_copy().is_ok());
+        let second = records[1].reader().read_mapped();
         assert!(matches!(second, Err(Error::Corrupted { .. })), "{second:?}");
     }
 

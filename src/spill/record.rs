@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  magic "SPL1"
 //!      4     4  reserved, zero
-//!      8     8  entry id (little endian): which stored value this is
+//!      8     8  place (little endian): spill file number << 32 | offset
 //!     16     8  value length in bytes (little endian)
 //!     24     8  CRC-32 of the value bytes, zero-extended (little endian)
 //!     32     n  the value
@@ -21,7 +21,7 @@
 /// Bytes before the value in every record.
 pub(crate) const HEADER_LEN: u64 = 32;
 
-const MAGIC: [u8; 4] = *b"SPL1";
+const MAGIC: [u8; 4] = *b"SPL2";
 
 /// The checksum stored in a record's header (a CRC-32 in the low bits).
 pub(crate) fn checksum(value: &[u8]) -> u64 {
@@ -43,29 +43,35 @@ pub(crate) fn copy_with_checksum(value: &[u8]) -> (Vec<u8>, u64) {
     (copy, u64::from(hasher.finalize()))
 }
 
-/// The header of the record for value `id` with bytes `value`.
-pub(crate) fn header(id: u64, value: &[u8]) -> [u8; HEADER_LEN as usize] {
+/// Where a record belongs: its file's number and its offset in the file.
+/// A record copied or moved anywhere else fails its header check.
+pub(crate) fn place(file_number: u64, offset: u64) -> u64 {
+    file_number << 32 | (offset & u64::from(u32::MAX))
+}
+
+/// The header of the record at `place` holding `value`.
+pub(crate) fn header(place: u64, value: &[u8]) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[0..4].copy_from_slice(&MAGIC);
-    h[8..16].copy_from_slice(&id.to_le_bytes());
+    h[8..16].copy_from_slice(&place.to_le_bytes());
     h[16..24].copy_from_slice(&(value.len() as u64).to_le_bytes());
     h[24..32].copy_from_slice(&checksum(value).to_le_bytes());
     h
 }
 
-/// Checks that `header` describes value `id` of `len` bytes.
+/// Checks that `header` is the header of a `len`-byte value at `place`.
 ///
 /// Returns what is wrong, as the reason of an `Error::Corrupted`.
-pub(crate) fn check_header(header: &[u8], id: u64, len: u64) -> Result<(), String> {
+pub(crate) fn check_header(header: &[u8], place: u64, len: u64) -> Result<(), String> {
     if header.len() as u64 != HEADER_LEN {
         return Err(format!("header is {} bytes", header.len()));
     }
     if header[0..4] != MAGIC {
         return Err("bad magic".into());
     }
-    let stored_id = word(header, 8);
-    if stored_id != id {
-        return Err(format!("holds entry {stored_id} instead of {id}"));
+    let stored = word(header, 8);
+    if stored != place {
+        return Err(format!("record of place {stored:#x} found at {place:#x}"));
     }
     let stored_len = word(header, 16);
     if stored_len != len {
@@ -149,7 +155,7 @@ mod tests {
     #[test]
     fn wrong_id_length_or_size_is_detected() {
         let r = record(1, b"abc");
-        assert!(verify(&r, 2, 3).unwrap_err().contains("entry"));
+        assert!(verify(&r, 2, 3).unwrap_err().contains("place"));
         assert!(verify(&r, 1, 4).is_err());
         assert!(verify(&r[..r.len() - 1], 1, 3).is_err());
         assert!(verify(&r, 1, u64::MAX).is_err());

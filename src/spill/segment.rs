@@ -22,6 +22,10 @@ use crate::error::Error;
 /// whole file, made on the first read.
 pub(crate) struct Segment {
     path: PathBuf,
+    /// The number in the file's name; part of every record's place.
+    number: u64,
+    /// Holds exactly one record, at offset 0, as long as the file.
+    dedicated: bool,
     /// Kept open for the segment's whole life: reads and length checks use
     /// this descriptor, so replacing the path does not redirect them.
     file: File,
@@ -46,7 +50,13 @@ impl Segment {
     ///
     /// Refuses to reuse any existing name, so a file or symlink planted under
     /// the name is never written through.
-    pub(super) fn create(path: PathBuf, size: u64, dir: Weak<DirShared>) -> std::io::Result<Self> {
+    pub(super) fn create(
+        path: PathBuf,
+        number: u64,
+        size: u64,
+        dedicated: bool,
+        dir: Weak<DirShared>,
+    ) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -67,6 +77,8 @@ impl Segment {
         }
         Ok(Segment {
             path,
+            number,
+            dedicated,
             file,
             ino,
             size,
@@ -130,7 +142,7 @@ impl Segment {
             .map_err(|e| Error::io("writing spill file", &self.path, e))
     }
 
-    /// Reads back value `id` of `len` bytes from the record at `offset`.
+    /// Reads back the `len`-byte value of the record at `offset`.
     ///
     /// The file's current length is checked before the mapping is touched, so
     /// a file truncated while the store was idle is reported as corrupted
@@ -138,7 +150,7 @@ impl Segment {
     /// altered bytes are never returned. With `copy`, the value is copied out
     /// of the mapping first and the copy is what gets verified and returned:
     /// it no longer depends on the file at all.
-    fn read(&self, offset: u64, id: u64, len: u64, copy: bool) -> Result<Bytes, Error> {
+    fn read(&self, offset: u64, len: u64, copy: bool) -> Result<Bytes, Error> {
         let corrupted = |reason: String| Error::Corrupted {
             path: self.path.clone(),
             offset,
@@ -160,7 +172,8 @@ impl Segment {
         }
         let record = self.record_bytes(offset, end)?;
         let header = &record[..HEADER_LEN as usize];
-        record::check_header(header, id, len).map_err(corrupted)?;
+        let place = record::place(self.number, offset);
+        record::check_header(header, place, len).map_err(corrupted)?;
         if copy {
             let (value, sum) = record::copy_with_checksum(&record[HEADER_LEN as usize..]);
             record::check_checksum(header, sum).map_err(corrupted)?;
@@ -246,33 +259,27 @@ impl Drop for Segment {
 /// One value's copy on disk: a record in a segment.
 ///
 /// While a `Record` exists its segment file exists; dropping the last record
-/// of a segment deletes the file.
+/// of a segment deletes the file. Sixteen bytes: segments are at most 4 GiB
+/// (see `MAX_SEGMENT_SIZE`), and a dedicated file's one record is as long as
+/// the file.
 pub(crate) struct Record {
     segment: Arc<Segment>,
-    offset: u64,
-    /// Header and value bytes.
-    len: u64,
+    offset: u32,
+    /// Header and value bytes, for records in shared segments.
+    len: u32,
 }
 
 impl Record {
     /// A record of `len` bytes at `offset` in `segment`, counted as live.
     pub(super) fn new(segment: Arc<Segment>, offset: u64, len: u64) -> Self {
+        debug_assert!(segment.dedicated || offset + len <= segment.size);
+        debug_assert!(u32::try_from(segment.size).is_ok() || segment.dedicated);
         segment.acquire(len);
         Record {
             segment,
-            offset,
-            len,
+            offset: offset as u32,
+            len: len as u32,
         }
-    }
-
-    /// Whether compaction should move this record to a fuller segment.
-    pub(crate) fn in_sparse_segment(&self) -> bool {
-        self.segment.is_sparse()
-    }
-
-    /// Whether `self` and `other` are the same record.
-    pub(crate) fn same_as(&self, other: &RecordReader) -> bool {
-        Arc::ptr_eq(&self.segment, &other.segment) && self.offset == other.offset
     }
 
     pub(super) fn segment(&self) -> &Arc<Segment> {
@@ -280,15 +287,51 @@ impl Record {
     }
 
     pub(super) fn offset(&self) -> u64 {
-        self.offset
+        u64::from(self.offset)
+    }
+
+    /// Header and value bytes.
+    fn record_len(&self) -> u64 {
+        if self.segment.dedicated {
+            self.segment.size
+        } else {
+            u64::from(self.len)
+        }
+    }
+
+    /// The value's length in bytes.
+    pub(crate) fn value_len(&self) -> u64 {
+        self.record_len() - HEADER_LEN
+    }
+
+    /// The place that this record's header must name.
+    pub(super) fn place(&self) -> u64 {
+        record::place(self.segment.number, self.offset())
+    }
+
+    /// Whether compaction should move this record to a fuller segment.
+    pub(crate) fn in_sparse_segment(&self) -> bool {
+        self.segment.is_sparse()
+    }
+
+    /// Whether `self` is the record `reader` reads.
+    pub(crate) fn same_as(&self, reader: &RecordReader) -> bool {
+        Arc::ptr_eq(&self.segment, &reader.segment) && self.offset() == reader.offset
     }
 
     /// A handle to read this record with no lock held.
     pub(crate) fn reader(&self) -> RecordReader {
         RecordReader {
             segment: Arc::clone(&self.segment),
-            offset: self.offset,
+            offset: self.offset(),
+            len: self.value_len(),
         }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.segment.release(self.record_len());
     }
 }
 
@@ -298,25 +341,25 @@ impl Record {
 pub(crate) struct RecordReader {
     segment: Arc<Segment>,
     offset: u64,
+    len: u64,
 }
 
 impl RecordReader {
-    /// Reads back value `id` of `len` bytes, verified, as a slice of the
-    /// file's mapping (no copy). The slice shares the file's pages: it is
-    /// for handing out, not for keeping resident. See [`Segment::read`].
-    pub(crate) fn read_mapped(&self, id: u64, len: u64) -> Result<Bytes, Error> {
-        self.segment.read(self.offset, id, len, false)
+    /// The value's length in bytes.
+    pub(crate) fn value_len(&self) -> u64 {
+        self.len
     }
 
-    /// Reads back value `id` of `len` bytes, verified, as a heap copy that
-    /// does not depend on the file: for values brought back into memory.
-    pub(crate) fn read_copy(&self, id: u64, len: u64) -> Result<Bytes, Error> {
-        self.segment.read(self.offset, id, len, true)
+    /// Reads back the value, verified, as a slice of the file's mapping (no
+    /// copy). The slice shares the file's pages: it is for handing out, not
+    /// for keeping resident. See [`Segment::read`].
+    pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
+        self.segment.read(self.offset, self.len, false)
     }
-}
 
-impl Drop for Record {
-    fn drop(&mut self) {
-        self.segment.release(self.len);
+    /// Reads back the value, verified, as a heap copy that does not depend
+    /// on the file: for values brought back into memory.
+    pub(crate) fn read_copy(&self) -> Result<Bytes, Error> {
+        self.segment.read(self.offset, self.len, true)
     }
 }
