@@ -324,3 +324,73 @@ fn records_swapped_between_offsets_are_caught() {
     let (_, corrupted) = read_all(&store, 20, 100);
     assert_eq!(corrupted, 2, "both swapped records are refused");
 }
+
+#[test]
+fn disk_full_in_the_middle_of_a_batch_of_spills() {
+    let Some(fs_) = Tmpfs::mount("256k") else {
+        return;
+    };
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(24 * 1024)
+        .dump_dir(fs_.path.join("dump"))
+        .segment_size(16 * 1024)
+        .shards(1)
+        .build()
+        .unwrap();
+    // 200 values of 100 bytes: the last 240 or so stay resident.
+    let small: Vec<u64> = (0..200).collect();
+    for &k in &small {
+        store.insert(k, value(k, 100)).unwrap();
+    }
+    // Leave a few KiB of free space, then ask for room that needs ~200
+    // victims to be written in one batch: it cannot all fit.
+    let filler = fs_.path.join("filler");
+    let mut size = 256 * 1024;
+    while fs::write(&filler, vec![0u8; size]).is_err() {
+        size -= 4096;
+    }
+    let err = store.insert(1_000, value(1_000, 20_000)).unwrap_err();
+    assert!(is_disk_full(&err), "{err:?}");
+    assert!(!store.contains_key(&1_000));
+    check_all(&store, &small, 100);
+    fs::remove_file(&filler).unwrap();
+    store.insert(1_000, value(1_000, 20_000)).unwrap();
+    assert_eq!(store.get(&1_000).unwrap().unwrap(), value(1_000, 20_000));
+    assert!(store.remove(&1_000).unwrap());
+    check_all(&store, &small, 100);
+}
+
+#[test]
+fn the_dump_dir_removed_under_a_live_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let store: SpillStore<u64> = SpillStore::builder()
+        .max_size(1000)
+        .dump_dir(&dump)
+        .segment_size(4096)
+        .shards(1)
+        .build()
+        .unwrap();
+    for k in 0..40u64 {
+        store.insert(k, value(k, 100)).unwrap();
+    }
+    fs::remove_dir_all(&dump).unwrap();
+    let mut stored: Vec<u64> = (0..40).collect();
+    let mut failures = 0;
+    for k in 40..200u64 {
+        match store.insert(k, value(k, 100)) {
+            Ok(()) => stored.push(k),
+            Err(Error::Io(_)) => failures += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(failures > 0, "new spill files cannot be created");
+    assert!(
+        !dump.exists(),
+        "the store did not recreate the dir elsewhere"
+    );
+    // Everything stored is still readable through the open files.
+    check_all(&store, &stored, 100);
+    drop(store);
+    assert!(!dump.exists());
+}

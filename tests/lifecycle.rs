@@ -292,3 +292,27 @@ fn spill_files_stay_bounded_under_endless_replacement() {
     }
     s.validate().unwrap();
 }
+
+/// Linux allows about 65k mappings per process: a mapping per value would
+/// fail long before 200k spilled values. Segments map once per file.
+#[test]
+fn two_hundred_thousand_spilled_values_all_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s: SpillStore<u32> = SpillStore::builder()
+        .max_size(64 * 1024)
+        .dump_dir(dir.path().join("dump"))
+        .shards(4)
+        .build()
+        .unwrap();
+    let n = 200_000u32;
+    let val = |k: u32| k.to_le_bytes().repeat(4);
+    for k in 0..n {
+        s.insert(k, val(k)).unwrap();
+    }
+    let st = s.stats();
+    assert!(st.disk_entries > 195_000, "{st:?}");
+    for k in 0..n {
+        assert_eq!(s.get(&k).unwrap().unwrap(), val(k), "key {k}");
+    }
+    assert!(s.stats().spill_files < 100);
+}
