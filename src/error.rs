@@ -117,14 +117,15 @@ impl Error {
     /// ```
     /// use spillstore::SpillStore;
     ///
-    /// // A dump dir that is a regular file cannot be used.
+    /// // A dump dir below a regular file cannot be created.
     /// let file = tempfile::NamedTempFile::new().unwrap();
     /// let err = SpillStore::<String>::builder()
     ///     .max_size(1024)
-    ///     .dump_dir(file.path())
+    ///     .dump_dir(file.path().join("dump"))
     ///     .build()
     ///     .unwrap_err();
-    /// assert!(err.io_error().is_some() || matches!(err, spillstore::Error::InvalidConfig(_)));
+    /// assert_eq!(err.io_error().unwrap().kind(), std::io::ErrorKind::NotADirectory);
+    /// assert!(err.to_string().contains("dump dir"), "{err}");
     /// ```
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {

@@ -571,14 +571,13 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn validate(&self) -> Result<(), String> {
-        let mut memory = 0;
         for (i, shard) in self.shards.iter().enumerate() {
             shard.validate().map_err(|e| format!("shard {i}: {e}"))?;
-            memory += shard.budget().min(u64::MAX / self.shards.len() as u64);
         }
         if let Some(max) = self.max_size {
-            if memory != max {
-                return Err(format!("shard budgets add up to {memory}, not {max}"));
+            let shares: u64 = self.shards.iter().map(|s| s.budget()).sum();
+            if shares != max {
+                return Err(format!("shard budgets add up to {shares}, not {max}"));
             }
         }
         Ok(())
