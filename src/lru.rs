@@ -8,6 +8,11 @@
 //!
 //! The shard keeps resident values linked and spilled values detached, as the
 //! original design keeps only in-memory keys in its LRU queue.
+//!
+//! Slots live in fixed pages of `PAGE_SLOTS`, not in one growing `Vec`: a
+//! shard never copies all its slots to grow (a pause under its write lock
+//! that would grow with the shard), and at most one page is partly unused,
+//! where a doubling `Vec` leaves up to half its capacity idle.
 
 /// Index of a slot; also the end-of-list marker when it equals [`NIL`].
 pub(crate) type SlotId = u32;
@@ -21,6 +26,9 @@ const DETACHED: SlotId = u32::MAX - 1;
 /// The largest number of slots: ids `DETACHED` and `NIL` are reserved.
 pub(crate) const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
 
+/// Slots per page (a power of two).
+const PAGE_SLOTS: usize = 256;
+
 struct Slot<T> {
     /// Towards the head; `DETACHED` while not linked; free slots keep `DETACHED`.
     prev: SlotId,
@@ -29,9 +37,69 @@ struct Slot<T> {
     item: Option<T>,
 }
 
+/// Slots in fixed-size pages, indexed by [`SlotId`].
+struct Pages<T> {
+    pages: Vec<Box<[Slot<T>]>>,
+}
+
+impl<T> Pages<T> {
+    fn len(&self) -> usize {
+        self.pages.len() * PAGE_SLOTS
+    }
+
+    fn get(&self, id: SlotId) -> Option<&Slot<T>> {
+        let id = id as usize;
+        self.pages.get(id / PAGE_SLOTS).map(|p| &p[id % PAGE_SLOTS])
+    }
+
+    fn get_mut(&mut self, id: SlotId) -> Option<&mut Slot<T>> {
+        let id = id as usize;
+        self.pages
+            .get_mut(id / PAGE_SLOTS)
+            .map(|p| &mut p[id % PAGE_SLOTS])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot<T>> {
+        self.pages.iter().flat_map(|p| p.iter())
+    }
+
+    /// Adds a page of free slots chained through `next`, ending in `then`;
+    /// returns the first new slot's id.
+    fn grow(&mut self, then: SlotId) -> SlotId {
+        let base = self.len();
+        let page = (0..PAGE_SLOTS)
+            .map(|i| Slot {
+                prev: DETACHED,
+                next: if i + 1 < PAGE_SLOTS {
+                    (base + i + 1) as SlotId
+                } else {
+                    then
+                },
+                item: None,
+            })
+            .collect();
+        self.pages.push(page);
+        base as SlotId
+    }
+}
+
+impl<T> std::ops::Index<SlotId> for Pages<T> {
+    type Output = Slot<T>;
+
+    fn index(&self, id: SlotId) -> &Slot<T> {
+        self.get(id).expect("slot id within the slab")
+    }
+}
+
+impl<T> std::ops::IndexMut<SlotId> for Pages<T> {
+    fn index_mut(&mut self, id: SlotId) -> &mut Slot<T> {
+        self.get_mut(id).expect("slot id within the slab")
+    }
+}
+
 /// A slab of items with an intrusive recency list through some of them.
 pub(crate) struct LinkedSlab<T> {
-    slots: Vec<Slot<T>>,
+    slots: Pages<T>,
     /// First free slot, chained through `next`.
     free: SlotId,
     /// Most recently used linked slot.
@@ -45,7 +113,7 @@ pub(crate) struct LinkedSlab<T> {
 impl<T> Default for LinkedSlab<T> {
     fn default() -> Self {
         Self {
-            slots: Vec::new(),
+            slots: Pages { pages: Vec::new() },
             free: NIL,
             head: NIL,
             tail: NIL,
@@ -60,24 +128,17 @@ impl<T> LinkedSlab<T> {
     ///
     /// Returns `None` when all `MAX_SLOTS` slots are taken.
     pub(crate) fn insert(&mut self, item: T) -> Option<SlotId> {
-        let id = if self.free != NIL {
-            let id = self.free;
-            let slot = &mut self.slots[id as usize];
-            self.free = slot.next;
-            slot.next = NIL;
-            slot.item = Some(item);
-            id
-        } else {
-            if self.slots.len() >= MAX_SLOTS {
+        if self.free == NIL {
+            if self.slots.len() + PAGE_SLOTS > MAX_SLOTS {
                 return None;
             }
-            self.slots.push(Slot {
-                prev: DETACHED,
-                next: NIL,
-                item: Some(item),
-            });
-            (self.slots.len() - 1) as SlotId
-        };
+            self.free = self.slots.grow(NIL);
+        }
+        let id = self.free;
+        let slot = &mut self.slots[id];
+        self.free = slot.next;
+        slot.next = NIL;
+        slot.item = Some(item);
         self.occupied += 1;
         Some(id)
     }
@@ -86,7 +147,7 @@ impl<T> LinkedSlab<T> {
     pub(crate) fn remove(&mut self, id: SlotId) -> Option<T> {
         self.get(id)?;
         self.unlink(id);
-        let slot = &mut self.slots[id as usize];
+        let slot = &mut self.slots[id];
         let item = slot.item.take();
         slot.next = self.free;
         self.free = id;
@@ -96,18 +157,18 @@ impl<T> LinkedSlab<T> {
 
     /// The item in `id`, if the slot is occupied.
     pub(crate) fn get(&self, id: SlotId) -> Option<&T> {
-        self.slots.get(id as usize)?.item.as_ref()
+        self.slots.get(id)?.item.as_ref()
     }
 
     /// The item in `id`, mutably, if the slot is occupied.
     pub(crate) fn get_mut(&mut self, id: SlotId) -> Option<&mut T> {
-        self.slots.get_mut(id as usize)?.item.as_mut()
+        self.slots.get_mut(id)?.item.as_mut()
     }
 
     /// Whether `id` is occupied and linked into the list.
     pub(crate) fn is_linked(&self, id: SlotId) -> bool {
         self.slots
-            .get(id as usize)
+            .get(id)
             .is_some_and(|s| s.item.is_some() && s.prev != DETACHED)
     }
 
@@ -116,14 +177,14 @@ impl<T> LinkedSlab<T> {
         debug_assert!(self.get(id).is_some() && !self.is_linked(id));
         let old_head = self.head;
         {
-            let slot = &mut self.slots[id as usize];
+            let slot = &mut self.slots[id];
             slot.prev = NIL;
             slot.next = old_head;
         }
         if old_head == NIL {
             self.tail = id;
         } else {
-            self.slots[old_head as usize].prev = id;
+            self.slots[old_head].prev = id;
         }
         self.head = id;
         self.linked += 1;
@@ -134,14 +195,14 @@ impl<T> LinkedSlab<T> {
         debug_assert!(self.get(id).is_some() && !self.is_linked(id));
         let old_tail = self.tail;
         {
-            let slot = &mut self.slots[id as usize];
+            let slot = &mut self.slots[id];
             slot.prev = old_tail;
             slot.next = NIL;
         }
         if old_tail == NIL {
             self.head = id;
         } else {
-            self.slots[old_tail as usize].next = id;
+            self.slots[old_tail].next = id;
         }
         self.tail = id;
         self.linked += 1;
@@ -153,20 +214,20 @@ impl<T> LinkedSlab<T> {
             return;
         }
         let (prev, next) = {
-            let slot = &self.slots[id as usize];
+            let slot = &self.slots[id];
             (slot.prev, slot.next)
         };
         if prev == NIL {
             self.head = next;
         } else {
-            self.slots[prev as usize].next = next;
+            self.slots[prev].next = next;
         }
         if next == NIL {
             self.tail = prev;
         } else {
-            self.slots[next as usize].prev = prev;
+            self.slots[next].prev = prev;
         }
-        let slot = &mut self.slots[id as usize];
+        let slot = &mut self.slots[id];
         slot.prev = DETACHED;
         slot.next = NIL;
         self.linked -= 1;
@@ -187,7 +248,7 @@ impl<T> LinkedSlab<T> {
 
     /// The linked slot just more recent than `id` (towards the head).
     pub(crate) fn prev_of(&self, id: SlotId) -> Option<SlotId> {
-        let prev = self.slots[id as usize].prev;
+        let prev = self.slots[id].prev;
         (prev != NIL && prev != DETACHED).then_some(prev)
     }
 
@@ -218,15 +279,16 @@ impl<T> LinkedSlab<T> {
                 return None;
             }
             let id = cursor;
-            cursor = self.slots[id as usize].next;
+            cursor = self.slots[id].next;
             Some(id)
         })
     }
 
     /// Removes every item, returning them, and releases the slots' memory.
     pub(crate) fn drain(&mut self) -> Vec<T> {
-        let items = std::mem::take(&mut self.slots)
+        let items = std::mem::take(&mut self.slots.pages)
             .into_iter()
+            .flat_map(|page| page.into_vec())
             .filter_map(|s| s.item)
             .collect();
         *self = Self::default();
@@ -240,7 +302,7 @@ impl<T> LinkedSlab<T> {
         for id in self.iter_recency() {
             let slot = self
                 .slots
-                .get(id as usize)
+                .get(id)
                 .ok_or_else(|| format!("list names slot {id} beyond the slab"))?;
             if slot.item.is_none() {
                 return Err(format!("free slot {id} is linked"));
@@ -273,7 +335,7 @@ impl<T> LinkedSlab<T> {
         let mut free = 0usize;
         let mut cursor = self.free;
         while cursor != NIL {
-            let slot = &self.slots[cursor as usize];
+            let slot = &self.slots[cursor];
             if slot.item.is_some() {
                 return Err(format!("occupied slot {cursor} is on the free list"));
             }

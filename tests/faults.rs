@@ -13,10 +13,17 @@ use common::{data_files, value};
 use spillstore::{Error, Location, SpillStore};
 
 /// A tmpfs of `size` bytes mounted on a fresh directory; unmounted on drop.
+///
+/// Tests holding one run one at a time: `mount` and `umount` are forked
+/// child processes, and a child briefly inherits the test process's open
+/// spill files, so space that another test just freed could still look used.
 struct Tmpfs {
-    _parent: tempfile::TempDir,
     path: PathBuf,
+    _parent: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static TMPFS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmpfs {
     /// Mounts one, or says why not and returns `None` when not root.
@@ -25,6 +32,7 @@ impl Tmpfs {
             eprintln!("SKIPPED: mounting a tmpfs to fill the disk needs root (CI runs as root)");
             return None;
         }
+        let serial = TMPFS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let parent = tempfile::tempdir().unwrap();
         let path = parent.path().join("mnt");
         fs::create_dir(&path).unwrap();
@@ -35,8 +43,9 @@ impl Tmpfs {
             .expect("run mount");
         assert!(status.success(), "root, but mount -t tmpfs failed");
         Some(Tmpfs {
-            _parent: parent,
             path,
+            _parent: parent,
+            _serial: serial,
         })
     }
 }
