@@ -220,21 +220,26 @@ impl Segment {
         if let Some(map) = self.map.get() {
             return Ok(map.clone());
         }
-        // SAFETY: `Mmap::map` is unsafe because the mapped memory changes or
-        // faults if the file is modified or truncated while mapped. The file
-        // is ours: created with `create_new` in a dump directory that this
-        // store holds locked, sized once at creation and never truncated,
-        // renamed or rewritten afterwards: records are appended into space
-        // no reader has been handed yet, and a record's bytes are never
-        // written again once its value was stored. Deleting the file keeps the
-        // mapping valid. Another process editing the file behind the store's
-        // back is outside this contract; `read` checks the file length right
-        // before every access so that a truncation while the store was idle
-        // yields `Error::Corrupted` instead of a fault, and the checksum
+        // SAFETY: mapping a file is unsafe because the mapped memory changes
+        // if the file is modified while mapped, and touching a page past the
+        // file's end raises SIGBUS. The file is ours: created with
+        // `create_new` in a dump directory this store holds locked, sized
+        // once at creation and never truncated, renamed or rewritten by the
+        // store: records are appended into space no reader has been handed
+        // yet, and a record's bytes are never written again once its value
+        // was stored. Deleting the file keeps the mapping valid. The mapping
+        // covers the size the file was created with, even if someone shortened
+        // it since, so records appended later stay reachable; `read` checks
+        // the file's current length right before every access, so no page
+        // past the end is touched while the store is idle, and the checksum
         // catches altered bytes. Values kept resident are copied out of the
         // mapping, so only slices handed to callers share the file's pages.
-        let mmap = unsafe { memmap2::Mmap::map(&self.file) }
-            .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
+        let mmap = unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.size as usize)
+                .map(&self.file)
+        }
+        .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
         let map = Bytes::from_owner(mmap);
         let _ = self.map.set(map.clone());
         Ok(map)
