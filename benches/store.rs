@@ -360,26 +360,31 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>, measure_secs: u64, sample
 
 const READ_ONLY: Access = Access::Zipf { write_ratio: 0.0 };
 
-fn get_hit(c: &mut Criterion) {
-    let mut group = c.benchmark_group("get_hit");
+/// A group over every value size and thread count with all values resident
+/// (budget twice the data): `get_hit` and `insert` differ only in `op`.
+fn resident_group(c: &mut Criterion, name: &str, op: Op) {
+    let mut group = c.benchmark_group(name);
     configure(&mut group, 2, 20);
     group.throughput(Throughput::Elements(1));
     for (size, n) in SIZES {
         for threads in threads_all() {
             let id = format!("{}/t{threads}", size_label(size));
-            let (ratio, access, op) = (2.0, READ_ONLY, Op::Get);
             let spec = Spec {
                 size,
                 n,
-                ratio,
+                ratio: 2.0,
                 threads,
-                access,
+                access: READ_ONLY,
                 op,
             };
-            bench_case(&mut group, "get_hit", &id, spec);
+            bench_case(&mut group, name, &id, spec);
         }
     }
     group.finish();
+}
+
+fn get_hit(c: &mut Criterion) {
+    resident_group(c, "get_hit", Op::Get);
 }
 
 fn get_reload(c: &mut Criterion) {
@@ -411,25 +416,7 @@ fn get_reload(c: &mut Criterion) {
 }
 
 fn insert(c: &mut Criterion) {
-    let mut group = c.benchmark_group("insert");
-    configure(&mut group, 2, 20);
-    group.throughput(Throughput::Elements(1));
-    for (size, n) in SIZES {
-        for threads in threads_all() {
-            let id = format!("{}/t{threads}", size_label(size));
-            let (ratio, access, op) = (2.0, READ_ONLY, Op::Insert);
-            let spec = Spec {
-                size,
-                n,
-                ratio,
-                threads,
-                access,
-                op,
-            };
-            bench_case(&mut group, "insert", &id, spec);
-        }
-    }
-    group.finish();
+    resident_group(c, "insert", Op::Insert);
 }
 
 fn insert_spill(c: &mut Criterion) {
