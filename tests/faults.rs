@@ -56,6 +56,22 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A store on `dump` with the given budget, segment size and shard count.
+fn store_in(
+    dump: impl AsRef<Path>,
+    max_size: u64,
+    segment_size: u64,
+    shards: usize,
+) -> SpillStore<u64> {
+    SpillStore::builder()
+        .max_size(max_size)
+        .dump_dir(dump.as_ref())
+        .segment_size(segment_size)
+        .shards(shards)
+        .build()
+        .unwrap()
+}
+
 fn is_disk_full(e: &Error) -> bool {
     matches!(e, Error::Io(io) if io.kind() == ErrorKind::StorageFull)
 }
@@ -91,13 +107,7 @@ fn disk_full_while_spilling_small_values() {
     let Some(fs_) = Tmpfs::mount("128k") else {
         return;
     };
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(16 * 1024)
-        .dump_dir(fs_.path.join("dump"))
-        .segment_size(32 * 1024)
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(fs_.path.join("dump"), 16 * 1024, 32 * 1024, 1);
     let (stored, err) = fill(&store, 1000, 10_000);
     assert!(is_disk_full(&err), "{err:?}");
     assert!(err.to_string().contains("spill"), "{err}");
@@ -134,13 +144,7 @@ fn disk_full_for_large_values_leaves_no_half_written_file() {
         return;
     };
     let dump = fs_.path.join("dump");
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(64 * 1024)
-        .dump_dir(&dump)
-        .segment_size(16 * 1024) // values of 20 000 bytes get files of their own
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(&dump, 64 * 1024, 16 * 1024, 1);
     let (stored, err) = fill(&store, 20_000, 1000);
     assert!(is_disk_full(&err), "{err:?}");
     let stats = store.stats();
@@ -158,13 +162,7 @@ fn get_serves_without_promoting_when_no_room_can_be_made() {
     let Some(fs_) = Tmpfs::mount("64k") else {
         return;
     };
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(8 * 1024)
-        .dump_dir(fs_.path.join("dump"))
-        .segment_size(8 * 1024)
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(fs_.path.join("dump"), 8 * 1024, 8 * 1024, 1);
     let (stored, err) = fill(&store, 1000, 10_000);
     assert!(is_disk_full(&err), "{err:?}");
     // Memory is full of values never spilled; the disk is full too.
@@ -194,13 +192,7 @@ fn disk_full_then_space_freed_elsewhere_recovers() {
     };
     let filler = fs_.path.join("filler");
     fs::write(&filler, vec![1u8; 200 * 1024]).unwrap();
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(8 * 1024)
-        .dump_dir(fs_.path.join("dump"))
-        .segment_size(16 * 1024)
-        .shards(2)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(fs_.path.join("dump"), 8 * 1024, 16 * 1024, 2);
     let (mut stored, err) = fill(&store, 700, 10_000);
     assert!(is_disk_full(&err), "{err:?}");
     fs::remove_file(&filler).unwrap();
@@ -214,13 +206,7 @@ fn disk_full_then_space_freed_elsewhere_recovers() {
 
 /// A store with values 0..n of `len` bytes, most of them spilled.
 fn spilled_store(dir: &Path, n: u64, len: usize) -> SpillStore<u64> {
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(len as u64 * 2)
-        .dump_dir(dir.join("dump"))
-        .segment_size(4096)
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(dir.join("dump"), len as u64 * 2, 4096, 1);
     for k in 0..n {
         store.insert(k, value(k, len)).unwrap();
     }
@@ -339,13 +325,7 @@ fn disk_full_in_the_middle_of_a_batch_of_spills() {
     let Some(fs_) = Tmpfs::mount("256k") else {
         return;
     };
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(24 * 1024)
-        .dump_dir(fs_.path.join("dump"))
-        .segment_size(16 * 1024)
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(fs_.path.join("dump"), 24 * 1024, 16 * 1024, 1);
     // 200 values of 100 bytes: the last 240 or so stay resident.
     let small: Vec<u64> = (0..200).collect();
     for &k in &small {
@@ -373,13 +353,7 @@ fn disk_full_in_the_middle_of_a_batch_of_spills() {
 fn the_dump_dir_removed_under_a_live_store() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("dump");
-    let store: SpillStore<u64> = SpillStore::builder()
-        .max_size(1000)
-        .dump_dir(&dump)
-        .segment_size(4096)
-        .shards(1)
-        .build()
-        .unwrap();
+    let store: SpillStore<u64> = store_in(&dump, 1000, 4096, 1);
     for k in 0..40u64 {
         store.insert(k, value(k, 100)).unwrap();
     }
