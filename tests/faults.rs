@@ -144,6 +144,7 @@ fn disk_full_for_large_values_leaves_no_half_written_file() {
         return;
     };
     let dump = fs_.path.join("dump");
+    // 16 KiB segments: values of 20 000 bytes get files of their own.
     let store: SpillStore<u64> = store_in(&dump, 64 * 1024, 16 * 1024, 1);
     let (stored, err) = fill(&store, 20_000, 1000);
     assert!(is_disk_full(&err), "{err:?}");
