@@ -39,8 +39,11 @@ pub(crate) struct Segment {
     live_bytes: AtomicU64,
     /// Set once the writer has moved on: no more records will be added.
     sealed: AtomicBool,
-    /// The whole file mapped read-only, once some record was read.
+    /// The whole file mapped read-only, once some record was read. (Under
+    /// Miri, which cannot map files, records are read instead.)
+    #[cfg_attr(miri, allow(dead_code))]
     map: OnceLock<Bytes>,
+    #[cfg_attr(miri, allow(dead_code))]
     map_init: Mutex<()>,
     dir: Weak<DirShared>,
 }
