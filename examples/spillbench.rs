@@ -95,7 +95,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use spillstore::{Location, SpillStore};
+use spillstore::{Location, SpillStore, Stats};
 
 use payload::{key_for, mix64, Payload, HEADER_LEN};
 use report::{Counters, Gauges, Latency, Params, Peaks, Phase, Report};
@@ -568,6 +568,24 @@ impl Bench {
         }
     }
 
+    /// Closes a timed phase: samples the final stats into `peaks`, finishes
+    /// its bar, stops on any failure the workers reported, and merges their
+    /// latency recorders. Returns the final stats and the merged recorder.
+    fn end_phase(
+        &self,
+        peaks: &mut Peaks,
+        bar: &ProgressBar,
+        recs: &[Recorder],
+    ) -> Result<(Stats, Recorder), Failure> {
+        let after = self.store.stats();
+        peaks.observe(&after);
+        finish_bar(bar);
+        self.failures.check()?;
+        let mut merged = Recorder::new();
+        recs.iter().for_each(|r| merged.merge(r));
+        Ok((after, merged))
+    }
+
     /// Runs `worker(thread)` on `threads` threads while this thread samples
     /// the store's stats into `peaks` and calls `tick` (to update the
     /// progress bar) every [`SAMPLE_EVERY`]. Returns the workers' results and
@@ -797,12 +815,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
         },
         |_| bench.load_worker(),
     );
-    let after = bench.store.stats();
-    peaks.observe(&after);
-    finish_bar(&bar);
-    bench.failures.check()?;
-    let mut load_rec = Recorder::new();
-    recs.iter().for_each(|r| load_rec.merge(r));
+    let (after, load_rec) = bench.end_phase(&mut peaks, &bar, &recs)?;
     let load = Phase {
         secs: load_secs,
         gets_memory: 0,
@@ -843,12 +856,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
         },
         |t| bench.mixed_worker(t, deadline),
     );
-    let after = bench.store.stats();
-    peaks.observe(&after);
-    finish_bar(&bar);
-    bench.failures.check()?;
-    let mut mixed_rec = Recorder::new();
-    recs.iter().for_each(|r| mixed_rec.merge(r));
+    let (after, mixed_rec) = bench.end_phase(&mut peaks, &bar, &recs)?;
     let mixed = Phase {
         secs: mixed_secs,
         gets_memory: mixed_rec.get_memory.len(),
