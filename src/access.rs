@@ -13,7 +13,11 @@
 //! exact. When a stripe is full and the write lock is busy, the access is
 //! dropped: under contention recency is approximate.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+// The thread-to-stripe counter is a `static`, which shuttle's atomics cannot
+// be; it only spreads threads over stripes, so std's is fine under shuttle.
+use std::sync::atomic::AtomicUsize;
+
+use crate::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crossbeam::queue::ArrayQueue;

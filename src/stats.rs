@@ -1,6 +1,6 @@
 //! Counters and the [`Stats`] snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of a store's contents and activity, from [`SpillStore::stats`](crate::SpillStore::stats).
 ///

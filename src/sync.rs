@@ -1,11 +1,23 @@
-//! The locks the store uses, swappable for a model checker.
+//! The locks and atomics the store uses, swappable for a model checker.
 //!
-//! Normally these are parking_lot's. Built with `RUSTFLAGS="--cfg shuttle"`,
-//! they are shuttle's, so `tests/shuttle.rs` can explore the interleavings
-//! of inserts, reloads, removals and spills (see that file).
+//! Normally these are parking_lot's locks and std's atomics. Built with
+//! `RUSTFLAGS="--cfg shuttle"`, they are shuttle's, so `tests/shuttle.rs` can
+//! explore the interleavings of inserts, reloads, removals, spills and
+//! compaction (see that file), including every atomic counter the shards and
+//! spill files share. Code that must not run on threads shuttle does not
+//! schedule (rayon's pool) checks `cfg(shuttle)` where it is called.
 
 #[cfg(not(shuttle))]
 pub(crate) use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+/// Atomics shared between threads: std's, or shuttle's under `cfg(shuttle)`.
+pub(crate) mod atomic {
+    pub(crate) use std::sync::atomic::Ordering;
+    #[cfg(not(shuttle))]
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+    #[cfg(shuttle)]
+    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+}
 
 /// Gives the processor (or, under shuttle, the scheduler) to another thread.
 #[cfg(not(shuttle))]
