@@ -739,6 +739,7 @@ fn final_checks(shared: &Shared, models: &[Model], dir: &std::path::Path) {
             }
         }
     }
+    store.quiesce(); // a background compaction pass may still hold files
     let stats = store.stats();
     let empty = (stats.entries, stats.memory_bytes, stats.disk_bytes);
     let files = (stats.spill_files, stats.spill_file_bytes);

@@ -100,6 +100,7 @@
 //! | `sync` | the locks: parking_lot's, or shuttle's for the model check |
 
 mod access;
+mod compaction;
 mod config;
 mod error;
 mod lru;

@@ -1,6 +1,6 @@
 //! An index-based intrusive doubly linked list over a slab.
 //!
-//! Every item lives in a slot of one `Vec`; a slot is named by its `u32`
+//! Every item lives in a slot of a slab; a slot is named by its `u32`
 //! index, which stays valid until the item is removed. An item may be linked
 //! into the recency list (most recently used at the head, least recently used
 //! at the tail) or be detached from it; both states keep the slot. Links are
@@ -35,6 +35,12 @@ struct Slot<T> {
     /// Towards the tail; for a free slot, the next free slot.
     next: SlotId,
     item: Option<T>,
+}
+
+/// Bytes one slot of a `LinkedSlab<T>` takes: the item and two links.
+#[cfg(test)]
+pub(crate) const fn slot_size<T>() -> usize {
+    std::mem::size_of::<Slot<T>>()
 }
 
 /// Slots in fixed-size pages, indexed by [`SlotId`].

@@ -3,16 +3,18 @@
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
-use rayon::prelude::*;
 
+use crate::compaction::{self, Compactor};
 use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
 use crate::shard::Shard;
 use crate::spill::SpillDir;
 use crate::stats::Stats;
+use crate::sync::Mutex;
 
 /// Where a stored value is held.
 ///
@@ -65,12 +67,44 @@ pub enum Location {
 /// # Ok::<(), spillstore::Error>(())
 /// ```
 pub struct SpillStore<K: Send + Sync = String> {
-    shards: Box<[CachePadded<Shard<K>>]>,
+    shared: Arc<Shared<K>>,
+    /// Runs compaction passes off the callers' path; `None` without a dump
+    /// dir, and under shuttle (whose model checks run passes inline).
+    compactor: Option<Compactor>,
     hasher: ahash::RandomState,
     max_size: Option<u64>,
     max_object_size: Option<u64>,
+}
+
+/// What the store and its compaction thread share.
+struct Shared<K> {
+    shards: Box<[CachePadded<Shard<K>>]>,
     /// Declared after `shards`: on drop the records go before the directory.
     spill: Option<SpillDir>,
+    /// Held through each compaction pass, so passes never overlap.
+    passes: Mutex<()>,
+}
+
+impl<K: Hash + Eq + Send + Sync> Shared<K> {
+    fn compact(&self, force: bool, parallel: bool) {
+        if let Some(spill) = &self.spill {
+            compaction::run_pass(&self.shards, spill, &self.passes, force, parallel);
+        }
+    }
+}
+
+impl<K: Send + Sync> Shared<K> {
+    /// Runs `f` on every shard: on rayon's pool, or one after another under
+    /// shuttle, which cannot schedule rayon's threads.
+    fn for_each_shard(&self, f: impl Fn(&Shard<K>) + Send + Sync) {
+        #[cfg(not(shuttle))]
+        {
+            use rayon::prelude::*;
+            self.shards.par_iter().for_each(|shard| f(shard));
+        }
+        #[cfg(shuttle)]
+        self.shards.iter().for_each(|shard| f(shard));
+    }
 }
 
 impl SpillStore<String> {
@@ -103,10 +137,10 @@ impl Default for SpillStore<String> {
 impl<K: Send + Sync> std::fmt::Debug for SpillStore<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpillStore")
-            .field("shards", &self.shards.len())
+            .field("shards", &self.shared.shards.len())
             .field("max_size", &self.max_size)
             .field("max_object_size", &self.max_object_size)
-            .field("dump_dir", &self.spill.as_ref().map(|s| s.path()))
+            .field("dump_dir", &self.shared.spill.as_ref().map(|s| s.path()))
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +178,13 @@ where
             Some(dir) => Some(SpillDir::open(dir.clone(), config.segment_size)?),
             None => None,
         };
-        let hasher = ahash::RandomState::new();
+        // Under shuttle the hasher is seeded, so that keys land in the same
+        // shards in every execution and a failing schedule replays exactly.
+        let hasher = if cfg!(shuttle) {
+            ahash::RandomState::with_seeds(1, 2, 3, 4)
+        } else {
+            ahash::RandomState::new()
+        };
         let n = config.shards as u64;
         let shards = (0..n)
             .map(|i| {
@@ -154,19 +194,40 @@ where
                 CachePadded::new(Shard::new(budget, hasher.clone()))
             })
             .collect();
-        Ok(SpillStore {
+        let shared = Arc::new(Shared {
             shards,
+            spill,
+            passes: Mutex::new(()),
+        });
+        let compactor = match &shared.spill {
+            Some(spill) if !cfg!(shuttle) => {
+                let path = spill.path().to_path_buf();
+                let shared = Arc::clone(&shared);
+                let pass = move || shared.compact(false, false);
+                let compactor = Compactor::spawn(pass)
+                    .map_err(|e| Error::io("starting the compaction thread for", path, e))?;
+                Some(compactor)
+            }
+            _ => None,
+        };
+        Ok(SpillStore {
+            shared,
+            compactor,
             hasher,
             max_size: config.max_size,
             max_object_size: config.max_object_size,
-            spill,
         })
     }
 
     fn route<Q: Hash + ?Sized>(&self, key: &Q) -> (&Shard<K>, u64) {
         let hash = self.hasher.hash_one(key);
-        let index = (hash >> 32) as usize & (self.shards.len() - 1);
-        (&self.shards[index], hash)
+        let shards = &self.shared.shards;
+        let index = (hash >> 32) as usize & (shards.len() - 1);
+        (&shards[index], hash)
+    }
+
+    fn spill(&self) -> Option<&SpillDir> {
+        self.shared.spill.as_ref()
     }
 
     /// Stores `value` under `key`, replacing any previous value (whose memory
@@ -215,26 +276,31 @@ where
             });
         }
         let (shard, hash) = self.route(&key);
-        shard.insert(key, hash, value, self.spill.as_ref())?;
-        self.compact_if_wasteful(false);
+        shard.insert(key, hash, value, self.spill())?;
+        self.compact_when_due();
         Ok(())
     }
 
-    /// Runs a compaction pass over all shards (in parallel) when the spill
-    /// files hold more than twice the live data, or when `force`d.
-    fn compact_if_wasteful(&self, force: bool) {
-        let Some(spill) = &self.spill else { return };
-        if let Some(pass) = spill.start_compaction(force) {
-            let moved: u64 = self.shards.par_iter().map(|s| s.compact(spill)).sum();
-            pass.moved(moved);
+    /// Wakes the compaction thread when the spill files hold more than twice
+    /// the live data. Under shuttle the pass runs inline instead, so that
+    /// model checks explore it too.
+    fn compact_when_due(&self) {
+        if !self.spill().is_some_and(SpillDir::compaction_due) {
+            return;
+        }
+        match &self.compactor {
+            Some(compactor) => compactor.wake(),
+            None => self.shared.compact(false, false),
         }
     }
 
     /// Reclaims disk space now: moves the values still needed out of spill
     /// files that are mostly dead space (replaced or removed values), so
-    /// those files can be deleted. The store also does this by itself
-    /// whenever its files grow past twice the live data; call this to shrink
-    /// the dump directory at a moment of your choosing.
+    /// those files can be deleted. The store also does this by itself, on a
+    /// background thread, whenever its files grow past twice the live data;
+    /// call this to shrink the dump directory at a moment of your choosing.
+    /// Runs over the shards in parallel, after waiting for a background
+    /// pass in progress to end.
     ///
     /// Values that fail their integrity check stay where they are. A spill
     /// that fails (disk full) ends the pass early, losing nothing.
@@ -264,7 +330,38 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn compact(&self) {
-        self.compact_if_wasteful(true);
+        self.shared.compact(true, true);
+    }
+
+    /// Waits until no background work is in progress: a compaction pass
+    /// running on the store's background thread ends first, and one that is
+    /// due is run on the calling thread. Afterwards [`stats`](Self::stats)
+    /// and the dump directory reflect every call that returned before, until
+    /// the next insert or remove wakes the background thread again.
+    ///
+    /// Meant for tests and measurements that compare the dump directory
+    /// with the stored data; the store never needs it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = spillstore::SpillStore::builder()
+    ///     .max_size(100)
+    ///     .dump_dir(dir.path())
+    ///     .build()?;
+    /// for i in 0..50 {
+    ///     store.insert(i.to_string(), vec![0u8; 40])?;
+    /// }
+    /// for i in 0..50 {
+    ///     store.remove(&i.to_string())?;
+    /// }
+    /// store.quiesce();
+    /// assert_eq!(store.stats().spill_files, 0);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn quiesce(&self) {
+        self.shared.compact(false, false);
     }
 
     /// The value of `key`, or `None` if absent.
@@ -320,7 +417,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        shard.get(key, hash, self.spill.as_ref())
+        shard.get(key, hash, self.spill())
     }
 
     /// Removes `key` and frees its memory and disk space; returns whether it
@@ -347,7 +444,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        Ok(shard.remove(key, hash))
+        let removed = shard.remove(key, hash);
+        self.compact_when_due();
+        Ok(removed)
     }
 
     /// Whether `key` is stored, in memory or on disk. Does not change the
@@ -405,7 +504,7 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.shared.shards.iter().map(|s| s.len()).sum()
     }
 
     /// Whether no key is stored.
@@ -417,7 +516,7 @@ where
     /// assert!(store.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.len() == 0)
+        self.shared.shards.iter().all(|s| s.len() == 0)
     }
 
     /// A snapshot of the stored keys, in no particular order.
@@ -435,7 +534,7 @@ where
     /// ```
     pub fn keys(&self) -> Vec<K> {
         let mut keys = Vec::with_capacity(self.len());
-        for shard in self.shards.iter() {
+        for shard in self.shared.shards.iter() {
             shard.collect_keys(&mut keys);
         }
         keys
@@ -459,7 +558,9 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn clear(&self) -> Result<(), Error> {
-        self.shards.par_iter().for_each(|shard| shard.clear());
+        // No compaction pass may write records for entries cleared under it.
+        let _pass = self.shared.passes.lock();
+        self.shared.for_each_shard(Shard::clear);
         Ok(())
     }
 
@@ -485,8 +586,11 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn cleanup(mut self) -> Result<(), Error> {
+        // The compaction thread ends first: it holds the other reference.
+        drop(self.compactor.take());
         self.clear()?;
-        let Some(spill) = self.spill.take() else {
+        let spill = Arc::get_mut(&mut self.shared).and_then(|shared| shared.spill.take());
+        let Some(spill) = spill else {
             return Ok(());
         };
         let path = spill.path().to_path_buf();
@@ -515,10 +619,10 @@ where
             max_size: self.max_size,
             ..Stats::default()
         };
-        for shard in self.shards.iter() {
+        for shard in self.shared.shards.iter() {
             shard.add_stats(&mut stats);
         }
-        if let Some(spill) = &self.spill {
+        if let Some(spill) = self.spill() {
             let usage = spill.usage();
             stats.spill_files = usage.files;
             stats.spill_file_bytes = usage.bytes;
@@ -537,7 +641,7 @@ where
     /// assert!(store.dump_dir().is_none());
     /// ```
     pub fn dump_dir(&self) -> Option<&Path> {
-        self.spill.as_ref().map(|s| s.path())
+        self.spill().map(|s| s.path())
     }
 
     /// Number of shards (a power of two).
@@ -550,7 +654,7 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.shared.shards.len()
     }
 
     /// Walks every shard and checks every internal invariant (index and LRU
@@ -571,11 +675,11 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn validate(&self) -> Result<(), String> {
-        for (i, shard) in self.shards.iter().enumerate() {
+        for (i, shard) in self.shared.shards.iter().enumerate() {
             shard.validate().map_err(|e| format!("shard {i}: {e}"))?;
         }
         if let Some(max) = self.max_size {
-            let shares: u64 = self.shards.iter().map(|s| s.budget()).sum();
+            let shares: u64 = self.shared.shards.iter().map(|s| s.budget()).sum();
             if shares != max {
                 return Err(format!("shard budgets add up to {shares}, not {max}"));
             }
@@ -585,9 +689,11 @@ where
 }
 
 impl<K: Send + Sync> Drop for SpillStore<K> {
-    /// Deletes all spilled data (the shards are emptied in parallel) and the
-    /// lock file; the dump directory itself stays.
+    /// Stops the compaction thread, then deletes all spilled data (the shards
+    /// are emptied in parallel) and the lock file; the dump directory itself
+    /// stays.
     fn drop(&mut self) {
-        self.shards.par_iter().for_each(|shard| shard.clear());
+        drop(self.compactor.take());
+        self.shared.for_each_shard(Shard::clear);
     }
 }

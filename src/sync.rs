@@ -12,11 +12,11 @@ pub(crate) use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 /// Atomics shared between threads: std's, or shuttle's under `cfg(shuttle)`.
 pub(crate) mod atomic {
+    #[cfg(shuttle)]
+    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::atomic::Ordering;
     #[cfg(not(shuttle))]
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-    #[cfg(shuttle)]
-    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 }
 
 /// Gives the processor (or, under shuttle, the scheduler) to another thread.
@@ -65,5 +65,36 @@ mod model {
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap()
         }
+    }
+}
+
+/// Debug-build bookkeeping of the shard write locks this thread holds, so
+/// that dropping a spill record (which may delete or punch a file) under a
+/// shard lock fails loudly instead of silently stalling every other caller
+/// of that shard. Release builds compile it away.
+pub(crate) mod lock_tracking {
+    #[cfg(debug_assertions)]
+    thread_local! {
+        static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// This thread took a shard's write lock.
+    pub(crate) fn taken() {
+        #[cfg(debug_assertions)]
+        HELD.with(|h| h.set(h.get() + 1));
+    }
+
+    /// This thread released a shard's write lock.
+    pub(crate) fn released() {
+        #[cfg(debug_assertions)]
+        HELD.with(|h| h.set(h.get() - 1));
+    }
+
+    /// Panics (in debug builds) if this thread holds a shard's write lock.
+    pub(crate) fn assert_none_held(what: &str) {
+        #[cfg(debug_assertions)]
+        HELD.with(|h| assert_eq!(h.get(), 0, "{what} while holding a shard lock"));
+        #[cfg(not(debug_assertions))]
+        let _ = what;
     }
 }

@@ -9,8 +9,16 @@
 //! update, no resurrected key, no wrong bytes, exact accounting, and no
 //! leaked spill file.
 //!
+//! Further races pit compaction against replace, reload and remove on stores
+//! of one, two and four shards (keys hash the same way in every execution
+//! under shuttle, so each schedule is reproducible).
+//!
 //! Run with:
 //! `RUSTFLAGS="--cfg shuttle" cargo test --release --test shuttle`
+//!
+//! Each test prints its seed; `SHUTTLE_SEED=N` reruns the same schedules,
+//! and `SHUTTLE_REPLAY='<schedule>'` replays the one failing schedule that
+//! shuttle prints when a test fails.
 #![cfg(shuttle)]
 
 mod common;
@@ -21,6 +29,25 @@ use shuttle::thread;
 use spillstore::{Bytes, SpillStore};
 
 const ITERATIONS: usize = 2000;
+
+/// Explores `ITERATIONS` random schedules of `f`, or replays one (see the
+/// module docs). The seed is printed first: the test harness shows it when
+/// the test fails.
+fn check(f: impl Fn() + Send + Sync + 'static) {
+    if let Ok(schedule) = std::env::var("SHUTTLE_REPLAY") {
+        shuttle::replay(f, schedule.trim());
+        return;
+    }
+    let seed = std::env::var("SHUTTLE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.map_or(0, |d| d.as_nanos() as u64)
+        });
+    println!("shuttle seed {seed}: rerun with SHUTTLE_SEED={seed}");
+    shuttle::check_random_with_seed(f, seed, ITERATIONS);
+}
 
 fn v(tag: u8) -> Vec<u8> {
     vec![tag; 60]
@@ -45,7 +72,10 @@ fn spilled_setup() -> (tempfile::TempDir, Arc<SpillStore<&'static str>>) {
 
 /// Accounting is exact, invariants hold, and removing every key leaves no
 /// spill file behind.
-fn check_and_empty(dir: &tempfile::TempDir, store: &SpillStore<&'static str>) {
+fn check_and_empty<K>(dir: &tempfile::TempDir, store: &SpillStore<K>)
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
     store.validate().unwrap();
     let stats = store.stats();
     let total: u64 = store
@@ -72,111 +102,193 @@ fn is(value: &Option<Bytes>, tag: u8) -> bool {
 /// a reader sees the old or the new value, never another.
 #[test]
 fn replace_races_reload_and_spill() {
-    shuttle::check_random(
-        || {
-            let (dir, store) = spilled_setup();
-            let s = Arc::clone(&store);
-            let writer = thread::spawn(move || s.insert("k", v(1)).unwrap());
-            let s = Arc::clone(&store);
-            let reader = thread::spawn(move || s.get("k").unwrap());
-            let s = Arc::clone(&store);
-            let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
-            writer.join().unwrap();
-            let seen = reader.join().unwrap();
-            evicter.join().unwrap();
-            assert!(is(&seen, 0) || is(&seen, 1), "reader saw {seen:?}");
-            assert!(is(&store.get("k").unwrap(), 1), "lost update");
-            assert!(is(&store.get("third").unwrap(), 3));
-            assert!(is(&store.get("other").unwrap(), 9));
-            check_and_empty(&dir, &store);
-        },
-        ITERATIONS,
-    );
+    check(|| {
+        let (dir, store) = spilled_setup();
+        let s = Arc::clone(&store);
+        let writer = thread::spawn(move || s.insert("k", v(1)).unwrap());
+        let s = Arc::clone(&store);
+        let reader = thread::spawn(move || s.get("k").unwrap());
+        let s = Arc::clone(&store);
+        let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
+        writer.join().unwrap();
+        let seen = reader.join().unwrap();
+        evicter.join().unwrap();
+        assert!(is(&seen, 0) || is(&seen, 1), "reader saw {seen:?}");
+        assert!(is(&store.get("k").unwrap(), 1), "lost update");
+        assert!(is(&store.get("third").unwrap(), 3));
+        assert!(is(&store.get("other").unwrap(), 9));
+        check_and_empty(&dir, &store);
+    });
 }
 
 /// Remove vs reload-and-promote vs a spill: a removed key never comes back.
 #[test]
 fn remove_races_reload_and_spill() {
-    shuttle::check_random(
-        || {
-            let (dir, store) = spilled_setup();
-            let s = Arc::clone(&store);
-            let remover = thread::spawn(move || s.remove("k").unwrap());
-            let s = Arc::clone(&store);
-            let reader = thread::spawn(move || s.get("k").unwrap());
-            let s = Arc::clone(&store);
-            let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
-            assert!(remover.join().unwrap());
-            let seen = reader.join().unwrap();
-            evicter.join().unwrap();
-            assert!(seen.is_none() || is(&seen, 0), "reader saw {seen:?}");
-            assert_eq!(store.get("k").unwrap(), None, "resurrected");
-            assert!(!store.contains_key("k"));
-            check_and_empty(&dir, &store);
-        },
-        ITERATIONS,
-    );
+    check(|| {
+        let (dir, store) = spilled_setup();
+        let s = Arc::clone(&store);
+        let remover = thread::spawn(move || s.remove("k").unwrap());
+        let s = Arc::clone(&store);
+        let reader = thread::spawn(move || s.get("k").unwrap());
+        let s = Arc::clone(&store);
+        let evicter = thread::spawn(move || s.insert("third", v(3)).unwrap());
+        assert!(remover.join().unwrap());
+        let seen = reader.join().unwrap();
+        evicter.join().unwrap();
+        assert!(seen.is_none() || is(&seen, 0), "reader saw {seen:?}");
+        assert_eq!(store.get("k").unwrap(), None, "resurrected");
+        assert!(!store.contains_key("k"));
+        check_and_empty(&dir, &store);
+    });
 }
 
 /// Two concurrent spills of different victims and a removal of one of them
 /// while it is being written.
 #[test]
 fn remove_races_its_own_spill() {
-    shuttle::check_random(
-        || {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(
-                SpillStore::builder()
-                    .max_size(130)
-                    .dump_dir(dir.path().join("dump"))
-                    .segment_size(4096)
-                    .shards(1)
-                    .build()
-                    .unwrap(),
-            );
-            store.insert("a", v(1)).unwrap();
-            store.insert("b", v(2)).unwrap();
-            let s = Arc::clone(&store);
-            let t1 = thread::spawn(move || s.insert("c", v(3)).unwrap());
-            let s = Arc::clone(&store);
-            let t2 = thread::spawn(move || s.insert("d", v(4)).unwrap());
-            let s = Arc::clone(&store);
-            let t3 = thread::spawn(move || s.remove("a").unwrap());
-            t1.join().unwrap();
-            t2.join().unwrap();
-            assert!(t3.join().unwrap());
-            assert_eq!(store.get("a").unwrap(), None, "resurrected");
-            for (k, tag) in [("b", 2), ("c", 3), ("d", 4)] {
-                assert!(is(&store.get(k).unwrap(), tag), "lost {k}");
-            }
-            check_and_empty(&dir, &store);
-        },
-        ITERATIONS,
-    );
+    check(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SpillStore::builder()
+                .max_size(130)
+                .dump_dir(dir.path().join("dump"))
+                .segment_size(4096)
+                .shards(1)
+                .build()
+                .unwrap(),
+        );
+        store.insert("a", v(1)).unwrap();
+        store.insert("b", v(2)).unwrap();
+        let s = Arc::clone(&store);
+        let t1 = thread::spawn(move || s.insert("c", v(3)).unwrap());
+        let s = Arc::clone(&store);
+        let t2 = thread::spawn(move || s.insert("d", v(4)).unwrap());
+        let s = Arc::clone(&store);
+        let t3 = thread::spawn(move || s.remove("a").unwrap());
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert!(t3.join().unwrap());
+        assert_eq!(store.get("a").unwrap(), None, "resurrected");
+        for (k, tag) in [("b", 2), ("c", 3), ("d", 4)] {
+            assert!(is(&store.get(k).unwrap(), tag), "lost {k}");
+        }
+        check_and_empty(&dir, &store);
+    });
 }
 
 /// Two readers reloading the same spilled key, while it is replaced.
 #[test]
 fn concurrent_reloads_and_replace() {
-    shuttle::check_random(
-        || {
-            let (dir, store) = spilled_setup();
-            let readers: Vec<_> = (0..2)
-                .map(|_| {
-                    let s = Arc::clone(&store);
-                    thread::spawn(move || s.get("k").unwrap())
-                })
-                .collect();
-            let s = Arc::clone(&store);
-            let writer = thread::spawn(move || s.insert("k", v(5)).unwrap());
-            for r in readers {
-                let seen = r.join().unwrap();
-                assert!(is(&seen, 0) || is(&seen, 5), "reader saw {seen:?}");
-            }
-            writer.join().unwrap();
-            assert!(is(&store.get("k").unwrap(), 5), "lost update");
-            check_and_empty(&dir, &store);
-        },
-        ITERATIONS,
-    );
+    check(|| {
+        let (dir, store) = spilled_setup();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = Arc::clone(&store);
+                thread::spawn(move || s.get("k").unwrap())
+            })
+            .collect();
+        let s = Arc::clone(&store);
+        let writer = thread::spawn(move || s.insert("k", v(5)).unwrap());
+        for r in readers {
+            let seen = r.join().unwrap();
+            assert!(is(&seen, 0) || is(&seen, 5), "reader saw {seen:?}");
+        }
+        writer.join().unwrap();
+        assert!(is(&store.get("k").unwrap(), 5), "lost update");
+        check_and_empty(&dir, &store);
+    });
+}
+
+/// A store of `shards` shards, each holding one 60-byte value in memory,
+/// whose oldest spill segment is sparse: keys 0..60 were inserted (so
+/// almost all spilled, in about two 4 KiB segments) and 10..50 removed, so
+/// keys 0..10 remain on disk in a segment that is mostly dead space.
+fn sparse_setup(shards: usize) -> (tempfile::TempDir, Arc<SpillStore<u64>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SpillStore::builder()
+        .max_size(100 * shards as u64)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(4096)
+        .shards(shards)
+        .build()
+        .unwrap();
+    for k in 0..60u64 {
+        store.insert(k, v(k as u8)).unwrap();
+    }
+    for k in 10..50u64 {
+        assert!(store.remove(&k).unwrap());
+    }
+    for k in 0..10u64 {
+        assert_eq!(store.location(&k), Some(spillstore::Location::File));
+    }
+    (dir, Arc::new(store))
+}
+
+/// Compaction moving records while one of them is replaced, one reloaded
+/// (and promoted) and one removed: each operation's result stands, every
+/// other value reads back exactly, and the pass moved the untouched records.
+fn compaction_races_replace_reload_remove(shards: usize) {
+    check(move || {
+        let (dir, store) = sparse_setup(shards);
+        let s = Arc::clone(&store);
+        let compacter = thread::spawn(move || s.compact());
+        let s = Arc::clone(&store);
+        let writer = thread::spawn(move || s.insert(3, v(103)).unwrap());
+        let s = Arc::clone(&store);
+        let reader = thread::spawn(move || s.get(&5).unwrap());
+        let s = Arc::clone(&store);
+        let remover = thread::spawn(move || s.remove(&7).unwrap());
+        compacter.join().unwrap();
+        writer.join().unwrap();
+        assert!(is(&reader.join().unwrap(), 5), "reader saw wrong bytes");
+        assert!(remover.join().unwrap());
+        assert!(is(&store.get(&3).unwrap(), 103), "lost update");
+        assert_eq!(store.get(&7).unwrap(), None, "resurrected");
+        for k in (0..10u64).chain(50..60).filter(|k| ![3, 7].contains(k)) {
+            assert!(is(&store.get(&k).unwrap(), k as u8), "key {k}");
+        }
+        let stats = store.stats();
+        assert!(
+            stats.compactions >= 1 && stats.compacted_bytes > 0,
+            "{stats:?}"
+        );
+        assert_eq!(store.len(), 19);
+        check_and_empty(&dir, &store);
+    });
+}
+
+#[test]
+fn compaction_races_replace_reload_remove_one_shard() {
+    compaction_races_replace_reload_remove(1);
+}
+
+#[test]
+fn compaction_races_replace_reload_remove_two_shards() {
+    compaction_races_replace_reload_remove(2);
+}
+
+#[test]
+fn compaction_races_replace_reload_remove_four_shards() {
+    compaction_races_replace_reload_remove(4);
+}
+
+/// `clear` racing a compaction pass and a reload: nothing survives the
+/// clear but what was inserted after it, and no file is left behind.
+#[test]
+fn clear_races_compaction_and_reload() {
+    check(|| {
+        let (dir, store) = sparse_setup(2);
+        let s = Arc::clone(&store);
+        let compacter = thread::spawn(move || s.compact());
+        let s = Arc::clone(&store);
+        let reader = thread::spawn(move || s.get(&5).unwrap());
+        let s = Arc::clone(&store);
+        let clearer = thread::spawn(move || s.clear().unwrap());
+        compacter.join().unwrap();
+        let seen = reader.join().unwrap();
+        clearer.join().unwrap();
+        assert!(seen.is_none() || is(&seen, 5), "reader saw {seen:?}");
+        assert!(store.is_empty());
+        check_and_empty(&dir, &store);
+    });
 }

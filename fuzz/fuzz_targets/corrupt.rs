@@ -356,7 +356,8 @@ fuzz_target!(|input: Input| {
     }
     run.check("before edits");
 
-    // Edit the files while the store is idle.
+    // Edit the files while the store is idle (no compaction pass running).
+    run.store.quiesce();
     let mut foreign: HashSet<PathBuf> = HashSet::new();
     for edit in input.edits.iter().take(8) {
         apply(&dump, edit, &mut foreign);

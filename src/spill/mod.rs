@@ -20,11 +20,11 @@
 mod record;
 mod segment;
 
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use crate::sync::Mutex;
@@ -172,14 +172,21 @@ impl SpillDir {
     /// least as much as it moves: amortized, a constant factor on spills.
     pub(crate) fn start_compaction(&self, force: bool) -> Option<CompactionGuard<'_>> {
         let shared = &self.shared;
-        let files = shared.file_bytes.load(Ordering::Relaxed);
-        let live = shared.live_bytes.load(Ordering::Relaxed);
-        let slack = shared.segment_size.saturating_mul(4);
-        let wasteful = files > live.saturating_mul(2).saturating_add(slack);
-        if !(force || wasteful) || shared.compacting.swap(true, Ordering::AcqRel) {
+        if !(force || self.compaction_due()) || shared.compacting.swap(true, Ordering::AcqRel) {
             return None;
         }
         Some(CompactionGuard(shared))
+    }
+
+    /// Whether the files hold more than twice the live records' bytes, plus
+    /// four segments of slack: two relaxed loads, cheap enough for every
+    /// insert and remove to ask.
+    pub(crate) fn compaction_due(&self) -> bool {
+        let shared = &self.shared;
+        let files = shared.file_bytes.load(Ordering::Relaxed);
+        let live = shared.live_bytes.load(Ordering::Relaxed);
+        let slack = shared.segment_size.saturating_mul(4);
+        files > live.saturating_mul(2).saturating_add(slack)
     }
 
     /// Writes each value as a checksummed record and returns the records in

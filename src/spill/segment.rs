@@ -2,10 +2,10 @@
 //! large record. This module holds the crate's only `unsafe` code: mapping a
 //! spill file into memory.
 
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crate::sync::Mutex;
@@ -339,6 +339,8 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        // Releasing a record may delete its file: never under a shard lock.
+        crate::sync::lock_tracking::assert_none_held("a spill record was dropped");
         self.segment.release(self.record_len());
     }
 }

@@ -1,0 +1,139 @@
+//! Compaction: moving the live records out of spill files that are mostly
+//! dead space (the records of replaced and removed values), so that those
+//! files can be deleted.
+//!
+//! A pass runs when the spill files hold more than twice the live records'
+//! bytes ([`SpillDir::compaction_due`]), or when the caller asks for one
+//! (`SpillStore::compact`). It never runs on a caller's insert: inserts and
+//! removes that find it due only wake the store's [`Compactor`], a
+//! background thread (moka's housekeeper and foyer's reclaimer do the same),
+//! so no caller's latency depends on whose insert crossed the threshold.
+//! Passes never overlap: each holds the store's pass lock from start to end.
+//!
+//! In each shard a pass drops the disk copies that resident values keep in
+//! sparse segments (evicting those values later writes them anew), then
+//! reads the records of on-disk values in sparse segments in batches of a
+//! few MiB, writes them to the active segment and installs the new records
+//! for the entries that still hold the old ones. No shard lock is held
+//! during I/O; an entry replaced or removed meanwhile keeps its new state,
+//! and the record written for it is dropped. A record that fails to read
+//! stays where it is (its entry stays corrupted); a write that fails (disk
+//! full) ends the pass, losing nothing.
+
+use std::hash::Hash;
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{self, Sender};
+use crossbeam::utils::CachePadded;
+
+use crate::shard::Shard;
+use crate::spill::SpillDir;
+use crate::sync::Mutex;
+
+/// Value bytes read and written per batch: bounds the memory a pass holds.
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// Runs one pass over `shards` if one is due, or always when `force`d; first
+/// waits for a pass in progress (holding `passes`) to end. `parallel` runs
+/// the shards on rayon's pool (for an explicit `compact()`), otherwise one
+/// after another on the calling thread.
+pub(crate) fn run_pass<K>(
+    shards: &[CachePadded<Shard<K>>],
+    spill: &SpillDir,
+    passes: &Mutex<()>,
+    force: bool,
+    parallel: bool,
+) where
+    K: Hash + Eq + Send + Sync,
+{
+    let _pass = passes.lock();
+    let Some(pass) = spill.start_compaction(force) else {
+        return;
+    };
+    // Shuttle cannot schedule rayon's threads: model checks run sequentially.
+    let parallel = parallel && !cfg!(shuttle);
+    let moved: u64 = if parallel {
+        use rayon::prelude::*;
+        shards.par_iter().map(|s| compact_shard(s, spill)).sum()
+    } else {
+        shards.iter().map(|s| compact_shard(s, spill)).sum()
+    };
+    pass.moved(moved);
+}
+
+/// Compacts one shard; returns the value bytes moved.
+fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> u64 {
+    let found = shard.sparse_records();
+    if found.copies {
+        shard.drop_sparse_copies();
+    }
+    let mut to_move = found.to_move;
+    let mut moved = 0;
+    while !to_move.is_empty() {
+        let mut batch_bytes = 0;
+        let mut read = Vec::new();
+        let mut values = Vec::new();
+        while batch_bytes < BATCH_BYTES {
+            let Some(relocation) = to_move.pop() else {
+                break;
+            };
+            batch_bytes += relocation.reader.value_len();
+            if let Ok(bytes) = relocation.reader.read_mapped() {
+                values.push(bytes);
+                read.push(relocation);
+            }
+        }
+        let Ok(records) = spill.write(&values) else {
+            return moved;
+        };
+        drop(values);
+        moved += shard.install_moved(read.into_iter().zip(records));
+    }
+    moved
+}
+
+/// The background thread that runs compaction passes when woken.
+///
+/// Dropping it closes the wake-up channel and joins the thread, which ends
+/// after the pass it may be running.
+pub(crate) struct Compactor {
+    wake: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Starts the thread; each wake-up runs `pass` once (wake-ups that come
+    /// while a pass runs fold into one more pass).
+    pub(crate) fn spawn(pass: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+        let (wake, woken) = channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("spillstore-compactor".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    pass();
+                }
+            })?;
+        Ok(Compactor {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a pass; never blocks.
+    pub(crate) fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            // Full means a wake-up is pending already: nothing to add.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            // A panic in a pass was printed by the panic hook already.
+            let _ = thread.join();
+        }
+    }
+}
