@@ -1,0 +1,411 @@
+//! One shard: a hash index, the LRU list of resident values and a byte budget.
+//!
+//! The shard decides what to spill and when; the spill module only stores
+//! bytes. File I/O never happens under the shard's lock: victims are chosen
+//! and marked *spilling* under the lock, written with the lock released (they
+//! stay readable from memory meanwhile), and moved to disk when the lock is
+//! taken again, unless they were removed or replaced in between.
+//!
+//! This file holds the shard's operations (insert, get, remove, making room,
+//! what compaction needs); [`state`] holds the entry state machine they
+//! drive: the states, the one method per transition, the accounting and the
+//! write guard that frees everything taken out after the lock is released.
+
+mod state;
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+use bytes::Bytes;
+
+use crate::access::AccessLog;
+use crate::error::Error;
+use crate::lru::SlotId;
+use crate::spill::{Record, SpillDir};
+use crate::stats::{bump, Counters, Stats};
+use crate::sync::{yield_now, RwLock};
+use crate::Location;
+
+use state::{Counts, Payload, Place, State, WriteGuard};
+pub(crate) use state::{Relocation, SparseRecords};
+
+/// One independently locked part of the store.
+pub(crate) struct Shard<K> {
+    state: RwLock<State<K>>,
+    /// Memory hits recorded under the read lock, applied to the LRU list by
+    /// the next writer; lossy only when full and the lock is contended.
+    accesses: AccessLog,
+    /// This shard's share of `max_size`; `u64::MAX` when unbounded.
+    budget: u64,
+    hasher: ahash::RandomState,
+    counters: Counters,
+}
+
+impl<K> Shard<K>
+where
+    K: Hash + Eq,
+{
+    pub(crate) fn new(budget: u64, hasher: ahash::RandomState) -> Self {
+        Shard {
+            state: RwLock::new(State::new()),
+            accesses: AccessLog::new(),
+            budget,
+            hasher,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Stores `value` under `key`, replacing any previous value.
+    pub(crate) fn insert(
+        &self,
+        key: K,
+        hash: u64,
+        value: Bytes,
+        spill: Option<&SpillDir>,
+    ) -> Result<(), Error> {
+        let len = value.len() as u64;
+        if len > self.budget {
+            // Larger than this shard's share of memory: it goes straight to
+            // disk and is served from its mapping without promotion.
+            let spill = spill.expect("a bounded shard always has a dump dir");
+            let record = spill.write(std::slice::from_ref(&value))?.pop();
+            let record = record.expect("one record per value");
+            self.write().store(key, hash, Payload::Disk(record));
+            return Ok(());
+        }
+        let mut guard = self.lock_with_room(len, Some((&key, hash)), spill)?;
+        guard.store(key, hash, Payload::Resident { value, copy: None });
+        Ok(())
+    }
+
+    /// The value of `key` and where it was served from.
+    pub(crate) fn get<Q>(
+        &self,
+        key: &Q,
+        hash: u64,
+        spill: Option<&SpillDir>,
+    ) -> Result<Option<(Bytes, Location)>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let reader = {
+            let state = self.state.read();
+            let Some(slot) = state.find(hash, key) else {
+                bump(&self.counters.misses, 1);
+                return Ok(None);
+            };
+            match &state.entry(slot).payload {
+                Payload::Resident { value, .. } => {
+                    let value = value.clone();
+                    drop(state);
+                    self.record_access(slot);
+                    return Ok(Some((value, Location::Memory)));
+                }
+                Payload::Disk(record) => record.reader(),
+            }
+        };
+        let len = reader.value_len();
+        // A value that will be resident again is copied out of the mapping,
+        // so later hits never depend on the file; one that stays on disk is
+        // handed out as a slice of the mapping.
+        let promotable = len <= self.budget;
+        let read = if promotable {
+            reader.read_copy()
+        } else {
+            reader.read_mapped()
+        };
+        let bytes = read.inspect_err(|e| {
+            if matches!(e, Error::Corrupted { .. }) {
+                bump(&self.counters.corruptions, 1);
+            }
+        })?;
+        bump(&self.counters.reloads, 1);
+        bump(&self.counters.reloaded_bytes, len);
+        if promotable {
+            // Failing to make room is not an error: the bytes read are
+            // served anyway, just not brought back into memory.
+            if let Ok(mut guard) = self.lock_with_room::<Q>(len, None, spill) {
+                guard.promote(key, hash, &reader, &bytes);
+            }
+        }
+        Ok(Some((bytes, Location::File)))
+    }
+
+    /// Removes `key`; says whether it was there. Never reads from disk.
+    pub(crate) fn remove<Q>(&self, key: &Q, hash: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.write().remove(key, hash)
+    }
+
+    /// Where the value of `key` is, without touching the LRU order.
+    pub(crate) fn location<Q>(&self, key: &Q, hash: u64) -> Option<Location>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let state = self.state.read();
+        let slot = state.find(hash, key)?;
+        Some(match state.entry(slot).payload {
+            Payload::Resident { .. } => Location::Memory,
+            Payload::Disk(_) => Location::File,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.state.read().slab.len()
+    }
+
+    /// Appends clones of all keys to `out`.
+    pub(crate) fn collect_keys(&self, out: &mut Vec<K>)
+    where
+        K: Clone,
+    {
+        let state = self.state.read();
+        out.extend(state.slab.iter().map(|(_, e)| e.key.clone()));
+    }
+
+    /// Adds this shard's sizes and counters into `stats`.
+    pub(crate) fn add_stats(&self, stats: &mut Stats) {
+        {
+            let state = self.state.read();
+            stats.entries += state.slab.len();
+            let counts = state.counts;
+            stats.memory_entries += counts.memory_entries;
+            stats.disk_entries += state.slab.len() - counts.memory_entries;
+            stats.memory_bytes += counts.memory_bytes;
+            stats.disk_bytes += counts.disk_bytes;
+        }
+        self.counters.add_to(stats);
+        stats.hits += self.accesses.hits();
+    }
+
+    /// Records a memory hit on `slot` for the LRU order without a write lock.
+    ///
+    /// When the buffer is full, the caller applies it if the lock is free;
+    /// otherwise the access is dropped: under contention recency is
+    /// approximate, single-threaded it is exact.
+    ///
+    /// The log holds slot ids, not entries: by the time it is replayed the
+    /// slot may have been freed and reused (freed slots are reused last in,
+    /// first out), and the replay then touches the new occupant. That only
+    /// nudges one entry's recency and never breaks an invariant.
+    fn record_access(&self, slot: SlotId) {
+        if !self.accesses.record(slot) {
+            if let Some(state) = self.state.try_write() {
+                WriteGuard::new(self, state).state().slab.touch(slot);
+            }
+        }
+    }
+
+    /// Takes the write lock once `len` more bytes fit in the budget, spilling
+    /// least recently used values as needed. `replacing` names a key whose
+    /// resident value the caller will replace under the returned guard: it is
+    /// not spilled, and its bytes count as free.
+    ///
+    /// On a write error the victims stay in memory and the error is returned.
+    fn lock_with_room<Q>(
+        &self,
+        len: u64,
+        replacing: Option<(&Q, u64)>,
+        spill: Option<&SpillDir>,
+    ) -> Result<WriteGuard<'_, K>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut guard = self.write();
+        loop {
+            let (over, keep) = guard.overflow(len, replacing);
+            if over == 0 {
+                return Ok(guard);
+            }
+            let spill = spill.expect("a bounded shard always has a dump dir");
+            let victims = guard.evict(over, keep);
+            if victims.is_empty() {
+                if guard.overflow(len, replacing).0 > 0 {
+                    // All else is being written out by other threads: wait.
+                    debug_assert!(guard.state().counts.spilling_bytes > 0, "accounting is off");
+                    guard.unlocked(yield_now);
+                }
+                continue;
+            }
+            let values: Vec<Bytes> = victims.iter().map(|v| v.value.clone()).collect();
+            match guard.unlocked(move || spill.write(&values)) {
+                Ok(records) => {
+                    for (victim, record) in victims.into_iter().zip(records) {
+                        guard.finish_spill(victim, record);
+                    }
+                }
+                Err(err) => {
+                    for victim in victims {
+                        guard.abort_spill(victim);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// What compaction should move or drop in this shard (see
+    /// [`crate::compaction`]); taken under the read lock.
+    pub(crate) fn sparse_records(&self) -> SparseRecords {
+        let state = self.state.read();
+        let mut found = SparseRecords {
+            to_move: Vec::new(),
+            copies: false,
+        };
+        for (slot, entry) in state.slab.iter() {
+            match &entry.payload {
+                Payload::Resident {
+                    copy: Some(copy), ..
+                } => found.copies |= copy.in_sparse_segment(),
+                Payload::Disk(record) if record.in_sparse_segment() => {
+                    let reader = record.reader();
+                    found.to_move.push(Relocation { slot, reader });
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Drops the disk copies that resident values keep in sparse segments:
+    /// cheaper than moving them, and evicting those values later writes anew.
+    pub(crate) fn drop_sparse_copies(&self) {
+        let mut guard = self.write();
+        let slots: Vec<SlotId> = guard.state().slab.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            guard.drop_copy(slot, Record::in_sparse_segment);
+        }
+    }
+
+    /// Installs records written by compaction for the entries that still
+    /// hold the records they were read from; the others' new records are
+    /// dropped. Returns the value bytes moved.
+    pub(crate) fn install_moved(
+        &self,
+        moved: impl IntoIterator<Item = (Relocation, Record)>,
+    ) -> u64 {
+        let mut guard = self.write();
+        moved
+            .into_iter()
+            .map(|(relocation, record)| guard.move_record(relocation, record))
+            .sum()
+    }
+
+    /// Checks every invariant of the shard; returns the first violation.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let state = self.state.read();
+        state.slab.validate()?;
+        if state.index.len() != state.slab.len() {
+            return Err(format!(
+                "index has {} keys, slab {} entries",
+                state.index.len(),
+                state.slab.len()
+            ));
+        }
+        let mut sums = Counts::default();
+        for (slot, entry) in state.slab.iter() {
+            let hash = self.hasher.hash_one(&entry.key);
+            if state.find(hash, &entry.key) != Some(slot) {
+                return Err(format!("slot {slot}: key not indexed to it"));
+            }
+            let len = entry.payload.len();
+            if let Payload::Resident {
+                copy: Some(copy), ..
+            } = &entry.payload
+            {
+                if state.place(slot) == Place::Spilling {
+                    return Err(format!("slot {slot}: spilling but has a disk copy"));
+                }
+                if copy.value_len() != len {
+                    return Err(format!("slot {slot}: disk copy of another length"));
+                }
+            }
+            sums.recount(len, Place::Absent, state.place(slot));
+        }
+        if sums != state.counts {
+            return Err(format!(
+                "entries sum to {sums:?}, counted {:?}",
+                state.counts
+            ));
+        }
+        if state.counts.memory_bytes > self.budget {
+            return Err(format!(
+                "{} bytes in memory over the budget of {}",
+                state.counts.memory_bytes, self.budget
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<K> Shard<K> {
+    /// The write lock, with buffered accesses applied first so that eviction
+    /// decisions see the recency order of all earlier calls.
+    fn write(&self) -> WriteGuard<'_, K> {
+        WriteGuard::new(self, self.state.write())
+    }
+
+    /// Removes every entry; their files go as their last records are dropped.
+    pub(crate) fn clear(&self) {
+        self.write().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state::Entry;
+    use super::*;
+
+    /// The per-entry bookkeeping the crate docs promise: a slab slot of an
+    /// entry with a `String` key is 80 bytes, 24 of them the key's own.
+    #[test]
+    fn entry_sizes() {
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+        assert_eq!(std::mem::size_of::<Payload>(), 48);
+        assert_eq!(std::mem::size_of::<Entry<String>>(), 72);
+        assert_eq!(std::mem::size_of::<Option<Entry<String>>>(), 72);
+        assert_eq!(crate::lru::slot_size::<Entry<String>>(), 80);
+    }
+
+    /// Frees under the lock are caught: dropping a spill record while the
+    /// guard holds the lock panics in debug builds (the guard itself only
+    /// ever frees after releasing it, which every other test exercises).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a spill record was dropped while holding a shard lock")]
+    fn dropping_a_record_under_the_lock_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
+        let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
+        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new());
+        let _guard = shard.write();
+        drop(record);
+    }
+
+    /// What a transition takes out waits in the guard's garbage and is freed
+    /// when the guard goes: the spill file is deleted then, not before.
+    #[test]
+    fn the_guard_frees_after_unlocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
+        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new());
+        let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
+        let mut guard = shard.write();
+        guard.store(1, 1, Payload::Disk(record.unwrap()));
+        assert!(guard.remove(&1, 1));
+        assert_eq!(spill.usage().files, 1, "the record waits in the garbage");
+        drop(guard);
+        assert_eq!(spill.usage().files, 0, "freed with the guard");
+        shard.validate().unwrap();
+    }
+}
