@@ -1,6 +1,9 @@
-//! Recording memory hits without taking a shard's write lock.
+//! Counting memory hits, and recording them for exact LRU, without taking a
+//! shard's write lock.
 //!
-//! A `get` served from memory holds only the shard's read lock, so it cannot
+//! With approximate recency (the default) a hit is only counted here, on the
+//! calling thread's own stripe. With `exact_lru`, it is also recorded: a
+//! `get` served from memory holds only the shard's read lock, so it cannot
 //! move its entry in the LRU list. It appends the entry's slot to a small
 //! lock-free queue instead; the next writer of the shard replays the queues
 //! into the list before it makes any eviction decision (Caffeine's read
@@ -61,6 +64,13 @@ impl AccessLog {
         let stripe = &self.stripes[thread_stripe() & (self.stripes.len() - 1)];
         stripe.hits.fetch_add(1, Ordering::Relaxed);
         stripe.queue.push(slot).is_ok()
+    }
+
+    /// Counts a hit without queueing it (approximate recency): a relaxed
+    /// add on the calling thread's own stripe, so threads do not contend.
+    pub(crate) fn count_hit(&self) {
+        let stripe = &self.stripes[thread_stripe() & (self.stripes.len() - 1)];
+        stripe.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hands every queued slot to `apply`, stripe by stripe, each in the

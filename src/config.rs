@@ -45,6 +45,7 @@ pub struct Builder<K = String> {
     dump_dir: Option<PathBuf>,
     shards: Option<usize>,
     segment_size: u64,
+    exact_lru: bool,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -56,6 +57,7 @@ impl<K> Default for Builder<K> {
             dump_dir: None,
             shards: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            exact_lru: false,
             _key: PhantomData,
         }
     }
@@ -70,6 +72,7 @@ pub(crate) struct Config {
     /// A power of two.
     pub(crate) shards: usize,
     pub(crate) segment_size: u64,
+    pub(crate) exact_lru: bool,
 }
 
 impl<K> Builder<K> {
@@ -147,7 +150,8 @@ impl<K> Builder<K> {
 
     /// Number of independently locked shards, rounded up to a power of two
     /// (at most 65536). Each shard owns an equal share of `max_size`. The
-    /// default is four per available core, rounded up. With one shard the
+    /// default is four per available core, rounded up. Eviction order is kept
+    /// per shard: with one shard and [`exact_lru`](Self::exact_lru), the
     /// store keeps one exact, global LRU order.
     ///
     /// # Examples
@@ -183,6 +187,53 @@ impl<K> Builder<K> {
     /// ```
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self
+    }
+
+    /// Chooses how a shard orders its resident values for eviction.
+    ///
+    /// - `false` (the default): **approximate recency** (CLOCK). A memory hit
+    ///   only sets a reference mark on its entry (one relaxed store, none if
+    ///   the mark is set already), under the shard's read lock: hits from
+    ///   many threads never queue, count or serialize behind each other.
+    ///   Inserts and values read back from disk enter at the head of the
+    ///   list. To make room, the shard walks from the tail: an entry marked
+    ///   since it last passed there loses its mark and goes back to the head
+    ///   (a second chance); the first unmarked entry is the victim. So an
+    ///   entry read since it last passed the tail is never evicted while an
+    ///   unmarked resident entry is behind it, and a value that was never
+    ///   read again leaves in insertion order, as in exact LRU.
+    /// - `true`: **exact LRU**, the seed's order. Every hit moves its entry
+    ///   to the head: hits are recorded in a small per-thread buffer under
+    ///   the read lock and applied by the next writer of the shard. A single
+    ///   thread sees the exact LRU order (under contention, a full buffer may
+    ///   drop accesses); hits cost more and scale less with threads.
+    ///
+    /// Either way no value is ever dropped: the policy only decides which
+    /// values are in memory and which are read back from disk.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Location, SpillStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SpillStore::builder()
+    ///     .max_size(100)
+    ///     .dump_dir(dir.path())
+    ///     .shards(1)
+    ///     .exact_lru(true)
+    ///     .build()?;
+    /// store.insert("a".to_string(), vec![1u8; 40])?;
+    /// store.insert("b".to_string(), vec![2u8; 40])?;
+    /// store.get("a")?; // "a" is now the most recently used
+    /// store.insert("c".to_string(), vec![3u8; 40])?; // evicts "b"
+    /// assert_eq!(store.location("b"), Some(Location::File));
+    /// assert_eq!(store.location("a"), Some(Location::Memory));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn exact_lru(mut self, exact: bool) -> Self {
+        self.exact_lru = exact;
         self
     }
 
@@ -224,6 +275,7 @@ impl<K> Builder<K> {
             dump_dir: self.dump_dir.clone(),
             shards: requested.next_power_of_two().min(MAX_SHARDS),
             segment_size: self.segment_size,
+            exact_lru: self.exact_lru,
         })
     }
 }

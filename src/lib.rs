@@ -31,12 +31,16 @@
 //! `max_size / n` bytes of the budget (the remainder spread one byte each
 //! over the first shards, so the shares add up to exactly `max_size`).
 //!
-//! **LRU.** Each shard keeps its resident values in an intrusive doubly
-//! linked list over a slab, linked by `u32` indices (no `unsafe`). A memory
-//! hit takes only the read lock and records the access in a small lock-free
-//! buffer; the next writer applies the buffer before it picks victims, so a
-//! single thread sees exact LRU order and readers of a hot shard do not
-//! serialize.
+//! **Recency.** Each shard keeps its resident values in an intrusive doubly
+//! linked list over a slab, linked by `u32` indices (no `unsafe`); inserts
+//! and values read back from disk enter at the head, victims leave from the
+//! tail. By default recency is approximate (CLOCK): a memory hit takes only
+//! the read lock and sets a reference mark in its slot (one relaxed store,
+//! none if already set), and the eviction hand gives marked entries a second
+//! chance at the head. So hits cost what an in-memory cache's do and scale
+//! with threads. `Builder::exact_lru(true)` keeps the seed's exact LRU order
+//! instead: hits are recorded in a small per-thread buffer that the next
+//! writer applies before it picks victims.
 //!
 //! **Spill lifecycle.** An insert that does not fit picks victims from the
 //! LRU tail under the lock, marks them *spilling* (still readable from

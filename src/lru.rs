@@ -9,32 +9,67 @@
 //! The shard keeps resident values linked and spilled values detached, as the
 //! original design keeps only in-memory keys in its LRU queue.
 //!
+//! Each slot also carries a *reference mark*, the one bit of the CLOCK
+//! policy: a reader holding only a shared reference (the shard's read lock)
+//! may set it with one relaxed store, and the owner of the list reads and
+//! clears it while choosing victims. It lives in the top bit of the slot's
+//! `prev` link, so it costs no space; links use the low 31 bits.
+//!
 //! Slots live in fixed pages of `PAGE_SLOTS`, not in one growing `Vec`: a
 //! shard never copies all its slots to grow (a pause under its write lock
 //! that would grow with the shard), and at most one page is partly unused,
 //! where a doubling `Vec` leaves up to half its capacity idle.
 
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
 /// Index of a slot; also the end-of-list marker when it equals [`NIL`].
 pub(crate) type SlotId = u32;
 
-/// The end of the list, or "no slot".
-pub(crate) const NIL: SlotId = u32::MAX;
+/// The bit of `prev` that holds the slot's reference mark.
+const MARK: u32 = 1 << 31;
+
+/// The end of the list, or "no slot" (the largest 31-bit value).
+pub(crate) const NIL: SlotId = MARK - 1;
 
 /// `prev` value of a slot that is not linked into the list.
-const DETACHED: SlotId = u32::MAX - 1;
+const DETACHED: SlotId = NIL - 1;
 
 /// The largest number of slots: ids `DETACHED` and `NIL` are reserved.
-pub(crate) const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
+pub(crate) const MAX_SLOTS: usize = DETACHED as usize;
 
 /// Slots per page (a power of two).
 const PAGE_SLOTS: usize = 256;
 
 struct Slot<T> {
-    /// Towards the head; `DETACHED` while not linked; free slots keep `DETACHED`.
-    prev: SlotId,
+    /// Low 31 bits: towards the head; `DETACHED` while not linked; free
+    /// slots keep `DETACHED`. Top bit: the reference mark. Atomic only so
+    /// that readers can set the mark through a shared reference; std's
+    /// atomic even under shuttle: the mark is a recency hint no invariant
+    /// depends on.
+    prev: AtomicU32,
     /// Towards the tail; for a free slot, the next free slot.
     next: SlotId,
     item: Option<T>,
+}
+
+impl<T> Slot<T> {
+    fn prev(&self) -> SlotId {
+        self.prev.load(Relaxed) & !MARK
+    }
+
+    /// Sets the link, keeping the mark.
+    fn set_prev(&mut self, id: SlotId) {
+        let prev = self.prev.get_mut();
+        *prev = (*prev & MARK) | id;
+    }
+
+    /// Clears the mark; says whether it was set.
+    fn take_mark(&mut self) -> bool {
+        let prev = self.prev.get_mut();
+        let marked = *prev & MARK != 0;
+        *prev &= !MARK;
+        marked
+    }
 }
 
 /// Bytes one slot of a `LinkedSlab<T>` takes: the item and two links.
@@ -75,7 +110,7 @@ impl<T> Pages<T> {
         let base = self.len();
         let page = (0..PAGE_SLOTS)
             .map(|i| Slot {
-                prev: DETACHED,
+                prev: AtomicU32::new(DETACHED),
                 next: if i + 1 < PAGE_SLOTS {
                     (base + i + 1) as SlotId
                 } else {
@@ -175,34 +210,38 @@ impl<T> LinkedSlab<T> {
     pub(crate) fn is_linked(&self, id: SlotId) -> bool {
         self.slots
             .get(id)
-            .is_some_and(|s| s.item.is_some() && s.prev != DETACHED)
+            .is_some_and(|s| s.item.is_some() && s.prev() != DETACHED)
     }
 
-    /// Links a detached, occupied slot at the head (most recently used).
+    /// Links a detached, occupied slot at the head (most recently used),
+    /// unmarked.
     pub(crate) fn push_front(&mut self, id: SlotId) {
         debug_assert!(self.get(id).is_some() && !self.is_linked(id));
         let old_head = self.head;
         {
             let slot = &mut self.slots[id];
-            slot.prev = NIL;
+            slot.take_mark();
+            slot.set_prev(NIL);
             slot.next = old_head;
         }
         if old_head == NIL {
             self.tail = id;
         } else {
-            self.slots[old_head].prev = id;
+            self.slots[old_head].set_prev(id);
         }
         self.head = id;
         self.linked += 1;
     }
 
-    /// Links a detached, occupied slot at the tail (least recently used).
+    /// Links a detached, occupied slot at the tail (least recently used),
+    /// unmarked.
     pub(crate) fn push_back(&mut self, id: SlotId) {
         debug_assert!(self.get(id).is_some() && !self.is_linked(id));
         let old_tail = self.tail;
         {
             let slot = &mut self.slots[id];
-            slot.prev = old_tail;
+            slot.take_mark();
+            slot.set_prev(old_tail);
             slot.next = NIL;
         }
         if old_tail == NIL {
@@ -221,7 +260,7 @@ impl<T> LinkedSlab<T> {
         }
         let (prev, next) = {
             let slot = &self.slots[id];
-            (slot.prev, slot.next)
+            (slot.prev(), slot.next)
         };
         if prev == NIL {
             self.head = next;
@@ -231,10 +270,10 @@ impl<T> LinkedSlab<T> {
         if next == NIL {
             self.tail = prev;
         } else {
-            self.slots[next].prev = prev;
+            self.slots[next].set_prev(prev);
         }
         let slot = &mut self.slots[id];
-        slot.prev = DETACHED;
+        slot.set_prev(DETACHED);
         slot.next = NIL;
         self.linked -= 1;
     }
@@ -247,6 +286,25 @@ impl<T> LinkedSlab<T> {
         }
     }
 
+    /// Sets the reference mark of slot `id` (through a shared reference:
+    /// one relaxed load, and a relaxed store only if it was not set).
+    /// Does nothing for an id beyond the slab.
+    pub(crate) fn mark(&self, id: SlotId) {
+        if let Some(slot) = self.slots.get(id) {
+            let prev = slot.prev.load(Relaxed);
+            if prev & MARK == 0 {
+                // No one else writes `prev` while shared references exist,
+                // so storing the whole word cannot undo another change.
+                slot.prev.store(prev | MARK, Relaxed);
+            }
+        }
+    }
+
+    /// Clears the reference mark of slot `id`; says whether it was set.
+    pub(crate) fn take_mark(&mut self, id: SlotId) -> bool {
+        self.slots.get_mut(id).is_some_and(Slot::take_mark)
+    }
+
     /// The least recently used linked slot.
     pub(crate) fn back(&self) -> Option<SlotId> {
         (self.tail != NIL).then_some(self.tail)
@@ -254,7 +312,7 @@ impl<T> LinkedSlab<T> {
 
     /// The linked slot just more recent than `id` (towards the head).
     pub(crate) fn prev_of(&self, id: SlotId) -> Option<SlotId> {
-        let prev = self.slots[id].prev;
+        let prev = self.slots[id].prev();
         (prev != NIL && prev != DETACHED).then_some(prev)
     }
 
@@ -313,10 +371,10 @@ impl<T> LinkedSlab<T> {
             if slot.item.is_none() {
                 return Err(format!("free slot {id} is linked"));
             }
-            if slot.prev != prev {
+            if slot.prev() != prev {
                 return Err(format!(
                     "slot {id}: prev {} but reached from {prev}",
-                    slot.prev
+                    slot.prev()
                 ));
             }
             prev = id;

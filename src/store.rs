@@ -191,7 +191,7 @@ where
                 let budget = config
                     .max_size
                     .map_or(u64::MAX, |max| max / n + u64::from(i < max % n));
-                CachePadded::new(Shard::new(budget, hasher.clone()))
+                CachePadded::new(Shard::new(budget, hasher.clone(), config.exact_lru))
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -366,8 +366,10 @@ where
 
     /// The value of `key`, or `None` if absent.
     ///
-    /// A value in memory is returned as a cheap clone and marked most
-    /// recently used. A spilled value is read back through a shared memory
+    /// A value in memory is returned as a cheap clone and counts as used:
+    /// its entry is marked for a second chance (the default CLOCK policy) or
+    /// moved to the head of the LRU list (with
+    /// [`Builder::exact_lru`](crate::Builder::exact_lru)). A spilled value is read back through a shared memory
     /// mapping of its file, verified against its checksum, returned without
     /// copying and brought back into memory (spilling others to make room).
     /// If no room can be made, it is still returned, just not brought back.

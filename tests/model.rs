@@ -1,11 +1,12 @@
 //! Model-based property tests: random operation sequences against a plain
 //! `HashMap`. Because the store never drops data the oracle is exact: every
-//! read must equal the model. With one shard the LRU order is modelled too,
-//! so every key's location must match.
+//! read must equal the model. With one shard the eviction order is modelled
+//! too, for both policies (exact LRU, and the default CLOCK with its second
+//! chances), so every key's location must match after every step.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 use spillstore::{Error, Location, SpillStore};
@@ -32,11 +33,16 @@ fn op(max_len: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Exact LRU model of a one-shard store with budget `budget`.
+/// Model of a one-shard store's resident set and eviction order: exact LRU,
+/// or CLOCK (`Builder::exact_lru(false)`).
 #[derive(Default)]
 struct Lru {
-    /// Resident keys, most recently used first.
+    /// Resident keys, head (most recently inserted, promoted or, with exact
+    /// LRU, used) first.
     resident: Vec<u8>,
+    /// CLOCK's reference marks: keys hit since they last entered the head.
+    marked: HashSet<u8>,
+    exact: bool,
 }
 
 impl Lru {
@@ -44,7 +50,9 @@ impl Lru {
         self.resident.iter().map(|k| values[k].len()).sum()
     }
 
-    /// Evicts from the tail, never `keep`, until `len` more bytes fit.
+    /// Evicts from the tail, never `keep`, until `len` more bytes fit. With
+    /// CLOCK, a marked key loses its mark and moves to the head instead, and
+    /// the hand wraps around to the tail once when it passes the head.
     fn make_room(
         &mut self,
         values: &HashMap<u8, Vec<u8>>,
@@ -56,37 +64,69 @@ impl Lru {
             .filter(|k| self.resident.contains(k))
             .map_or(0, |k| values[&k].len());
         let mut memory = self.memory(values) - credit;
-        let mut i = self.resident.len();
-        while memory + len > budget && i > 0 {
-            i -= 1;
-            let k = self.resident[i];
+        let mut cursor = self.resident.last().copied();
+        let mut wrapped = false;
+        while memory + len > budget {
+            let Some(k) = cursor else { break };
+            let pos = self.resident.iter().position(|&x| x == k).unwrap();
+            cursor = pos.checked_sub(1).map(|p| self.resident[p]);
             if Some(k) == keep {
                 continue;
             }
+            if !self.exact && self.marked.remove(&k) {
+                self.make_most_recent(k);
+                if cursor.is_none() && !wrapped {
+                    wrapped = true;
+                    cursor = self.resident.last().copied();
+                }
+                continue;
+            }
             memory -= values[&k].len();
-            self.resident.remove(i);
+            self.resident.remove(pos);
         }
     }
 
+    /// Puts `k` at the head, unmarked (an insert, a promotion, a second
+    /// chance, or an exact-LRU hit).
     fn make_most_recent(&mut self, k: u8) {
         self.resident.retain(|&x| x != k);
         self.resident.insert(0, k);
+        self.marked.remove(&k);
+    }
+
+    /// A memory hit on resident `k`.
+    fn hit(&mut self, k: u8) {
+        if self.exact {
+            self.make_most_recent(k);
+        } else {
+            self.marked.insert(k);
+        }
+    }
+
+    fn forget(&mut self, k: u8) {
+        self.resident.retain(|&x| x != k);
+        self.marked.remove(&k);
     }
 }
 
-fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, max_size: u64, shards: usize, exact: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let store: SpillStore<u8> = SpillStore::builder()
         .max_size(max_size)
         .dump_dir(dir.path().join("dump"))
         .shards(shards)
         .segment_size(4096)
+        .exact_lru(exact)
         .build()
         .unwrap();
-    let exact_lru = shards == 1;
+    // With one shard the order is modelled; with more, only the values.
+    let ordered = shards == 1;
     let budget = max_size as usize;
     let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
-    let mut lru = Lru::default();
+    let mut lru = Lru {
+        exact,
+        ..Lru::default()
+    };
     for op in ops {
         match op {
             Op::Insert(k, len, tag) => {
@@ -100,7 +140,7 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
                     );
                 } else {
                     prop_assert!(result.is_ok(), "{:?}", result);
-                    if exact_lru {
+                    if ordered {
                         lru.make_room(&model, budget, len, Some(k));
                         model.insert(k, v);
                         lru.make_most_recent(k);
@@ -113,17 +153,19 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
                 let got = store.get(&k).unwrap();
                 let expected = model.get(&k).map(|v| &v[..]);
                 prop_assert_eq!(got.as_deref(), expected);
-                if exact_lru && model.contains_key(&k) {
-                    if !lru.resident.contains(&k) {
+                if ordered && model.contains_key(&k) {
+                    if lru.resident.contains(&k) {
+                        lru.hit(k);
+                    } else {
                         let len = model[&k].len();
                         lru.make_room(&model, budget, len, None);
+                        lru.make_most_recent(k);
                     }
-                    lru.make_most_recent(k);
                 }
             }
             Op::Remove(k) => {
                 prop_assert_eq!(store.remove(&k).unwrap(), model.remove(&k).is_some());
-                lru.resident.retain(|&x| x != k);
+                lru.forget(k);
             }
             Op::Contains(k) => {
                 prop_assert_eq!(store.contains_key(&k), model.contains_key(&k));
@@ -132,6 +174,7 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
                 store.clear().unwrap();
                 model.clear();
                 lru.resident.clear();
+                lru.marked.clear();
             }
             Op::Compact => store.compact(),
         }
@@ -147,7 +190,7 @@ fn run(ops: Vec<Op>, max_size: u64, shards: usize) -> Result<(), TestCaseError> 
         for k in 0..12u8 {
             let location = store.location(&k);
             prop_assert_eq!(location.is_some(), model.contains_key(&k));
-            if exact_lru && location.is_some() {
+            if ordered && location.is_some() {
                 let expected = if lru.resident.contains(&k) {
                     Location::Memory
                 } else {
@@ -181,15 +224,24 @@ proptest! {
         max_size in 1u64..200,
         ops in proptest::collection::vec(op(240), 1..80),
     ) {
-        run(ops, max_size, 1)?;
+        run(ops, max_size, 1, true)?;
+    }
+
+    #[test]
+    fn one_shard_matches_the_model_and_clock(
+        max_size in 1u64..200,
+        ops in proptest::collection::vec(op(240), 1..80),
+    ) {
+        run(ops, max_size, 1, false)?;
     }
 
     #[test]
     fn several_shards_match_the_model(
         max_size in 1u64..400,
         shards in prop_oneof![Just(2usize), Just(4), Just(8)],
+        exact in any::<bool>(),
         ops in proptest::collection::vec(op(300), 1..80),
     ) {
-        run(ops, max_size, shards)?;
+        run(ops, max_size, shards, exact)?;
     }
 }

@@ -9,6 +9,17 @@ fn key(i: usize) -> String {
     i.to_string()
 }
 
+/// A one-shard store of `max_size` bytes with the seed's exact LRU order.
+fn exact_store(parent: &std::path::Path, max_size: u64) -> SpillStore {
+    SpillStore::builder()
+        .max_size(max_size)
+        .dump_dir(parent.join("dump"))
+        .shards(1)
+        .exact_lru(true)
+        .build()
+        .expect("build store")
+}
+
 #[test]
 fn dict_like_api_without_limits() {
     let s = SpillStore::new();
@@ -103,11 +114,22 @@ fn oversized_objects_are_refused_with_the_limit_named() {
     assert_eq!(s.get("k").unwrap().unwrap().len(), 100);
 }
 
-/// The seed's own test: max_size 100, twenty 10-byte blobs.
+/// The seed's own test: max_size 100, twenty 10-byte blobs. It only inserts
+/// and reads spilled values back, so both policies give the seed's order.
 #[test]
-fn seed_lru_sequence_with_one_shard() {
+fn seed_lru_sequence_with_one_shard_exact_lru() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path(), 100, 1);
+    seed_lru_sequence(&exact_store(dir.path(), 100));
+}
+
+/// The same sequence with the default approximate recency (CLOCK).
+#[test]
+fn seed_lru_sequence_with_one_shard_default_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_lru_sequence(&store(dir.path(), 100, 1));
+}
+
+fn seed_lru_sequence(s: &SpillStore) {
     for i in 0..20 {
         s.insert(key(i), value(i as u64, 10)).unwrap();
         s.validate().unwrap();
@@ -148,7 +170,7 @@ fn seed_lru_sequence_with_one_shard() {
 #[test]
 fn a_hit_protects_a_value_from_eviction() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path(), 30, 1);
+    let s = exact_store(dir.path(), 30);
     for i in 0..3 {
         s.insert(key(i), value(i as u64, 10)).unwrap();
     }
@@ -166,7 +188,8 @@ fn a_hit_protects_a_value_from_eviction() {
 #[test]
 fn replacing_frees_old_memory_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path(), 100, 1);
+    // Exact LRU: after the hit below, ten inserts must push "k" out.
+    let s = exact_store(dir.path(), 100);
     s.insert("k".into(), value(1, 40)).unwrap();
     s.insert("k".into(), value(2, 40)).unwrap();
     assert_eq!(s.stats().memory_bytes, 40);
@@ -275,4 +298,34 @@ fn empty_values_are_values() {
     }
     assert_eq!(s.get("empty").unwrap().as_deref(), Some(&[][..]));
     s.validate().unwrap();
+}
+
+/// Where the two policies differ. Both evict a value that was not used
+/// since it went in before any that was; but CLOCK keeps one bit per value,
+/// not the order of the hits: values hit since the hand last passed them go
+/// back to the head in the order the hand meets them (tail first).
+#[test]
+fn exact_lru_and_clock_differ_in_the_order_of_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = exact_store(&dir.path().join("exact"), 30);
+    let clock = store(&dir.path().join("clock"), 30, 1);
+    for s in [&exact, &clock] {
+        for i in 0..3 {
+            s.insert(key(i), value(i as u64, 10)).unwrap();
+        }
+        s.get(&key(1)).unwrap();
+        s.get(&key(0)).unwrap();
+        // 2 was never hit: both spill it.
+        s.insert(key(3), value(3, 10)).unwrap();
+        assert_eq!(s.location(&key(2)), Some(Location::File));
+        s.insert(key(4), value(4, 10)).unwrap();
+        s.validate().unwrap();
+    }
+    // Exact LRU: 1 was used before 0, so 1 goes.
+    assert_eq!(exact.location(&key(1)), Some(Location::File));
+    assert_eq!(exact.location(&key(0)), Some(Location::Memory));
+    // CLOCK: the hand met 0 (nearer the tail) first and moved it to the
+    // head, then 1 in front of it: now 0 is the older, and it goes.
+    assert_eq!(clock.location(&key(0)), Some(Location::File));
+    assert_eq!(clock.location(&key(1)), Some(Location::Memory));
 }

@@ -38,6 +38,9 @@ enum Op {
 struct Input {
     /// `1..=2048`.
     max_size: u16,
+    /// Exact LRU or the default CLOCK (values and accounting are checked
+    /// the same way; `tests/model.rs` models both orders exactly).
+    exact_lru: bool,
     /// `1..=8` (the store rounds up to a power of two).
     shards: u8,
     /// `4096..=65536`.
@@ -283,7 +286,8 @@ fuzz_target!(|input: Input| {
         .max_size(max_size)
         .dump_dir(&dump)
         .shards(shards)
-        .segment_size(segment_size);
+        .segment_size(segment_size)
+        .exact_lru(input.exact_lru);
     if let Some(m) = max_object_size {
         builder = builder.max_object_size(m);
     }

@@ -32,9 +32,13 @@ pub(crate) use state::{Relocation, SparseRecords};
 /// One independently locked part of the store.
 pub(crate) struct Shard<K> {
     state: RwLock<State<K>>,
-    /// Memory hits recorded under the read lock, applied to the LRU list by
-    /// the next writer; lossy only when full and the lock is contended.
+    /// Counts memory hits; with `exact_lru`, also records them under the
+    /// read lock for the next writer to apply to the LRU list (lossy only
+    /// when full and the lock is contended).
     accesses: AccessLog,
+    /// Exact LRU order (hits move entries) instead of CLOCK (hits mark them);
+    /// see `Builder::exact_lru`.
+    exact_lru: bool,
     /// This shard's share of `max_size`; `u64::MAX` when unbounded.
     budget: u64,
     hasher: ahash::RandomState,
@@ -45,10 +49,11 @@ impl<K> Shard<K>
 where
     K: Hash + Eq,
 {
-    pub(crate) fn new(budget: u64, hasher: ahash::RandomState) -> Self {
+    pub(crate) fn new(budget: u64, hasher: ahash::RandomState, exact_lru: bool) -> Self {
         Shard {
             state: RwLock::new(State::new()),
             accesses: AccessLog::new(),
+            exact_lru,
             budget,
             hasher,
             counters: Counters::default(),
@@ -102,8 +107,15 @@ where
             match &state.entry(slot).payload {
                 Payload::Resident { value, .. } => {
                     let value = value.clone();
-                    drop(state);
-                    self.record_access(slot);
+                    if self.exact_lru {
+                        drop(state);
+                        self.record_access(slot);
+                    } else {
+                        // CLOCK: one relaxed store at most, under the read lock.
+                        state.slab.mark(slot);
+                        drop(state);
+                        self.accesses.count_hit();
+                    }
                     return Ok(Some((value, Location::Memory)));
                 }
                 Payload::Disk(record) => record.reader(),
@@ -387,7 +399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
-        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new());
+        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
         let _guard = shard.write();
         drop(record);
     }
@@ -398,7 +410,7 @@ mod tests {
     fn the_guard_frees_after_unlocking() {
         let dir = tempfile::tempdir().unwrap();
         let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
-        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new());
+        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
         let mut guard = shard.write();
         guard.store(1, 1, Payload::Disk(record.unwrap()));

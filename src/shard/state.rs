@@ -189,7 +189,9 @@ impl<'a, K> WriteGuard<'a, K> {
         debug_assert!(self.state.is_none());
         lock_tracking::taken();
         let state = self.state.insert(state);
-        self.shard.accesses.replay(|slot| state.slab.touch(slot));
+        if self.shard.exact_lru {
+            self.shard.accesses.replay(|slot| state.slab.touch(slot));
+        }
     }
 
     pub(super) fn state(&mut self) -> &mut State<K> {
@@ -258,13 +260,32 @@ impl<'a, K> WriteGuard<'a, K> {
     /// Frees at least `to_free` bytes of memory from the LRU tail (never
     /// `keep`): values with an intact disk copy leave at once (respill),
     /// the others begin spilling and are returned, to be written out.
+    ///
+    /// Without `exact_lru`, this is the CLOCK hand: an entry marked by a hit
+    /// since it last passed here loses its mark and moves to the head
+    /// instead (a second chance; a reorder, not a change of state). When
+    /// the hand passes the head it wraps around to the tail once: by then
+    /// every entry has lost its mark (no hit can come in under the write
+    /// lock), so each entry is passed at most twice and the walk ends.
     pub(super) fn evict(&mut self, mut to_free: u64, keep: Option<SlotId>) -> Vec<Victim> {
+        let exact = self.shard.exact_lru;
         let mut victims = Vec::new();
         let mut cursor = self.state().slab.back();
+        let mut wrapped = false;
         while to_free > 0 {
             let Some(slot) = cursor else { break };
-            cursor = self.state().slab.prev_of(slot);
+            let slab = &mut self.state().slab;
+            cursor = slab.prev_of(slot);
             if Some(slot) == keep {
+                continue;
+            }
+            if !exact && slab.take_mark(slot) {
+                slab.unlink(slot);
+                slab.push_front(slot);
+                if cursor.is_none() && !wrapped {
+                    wrapped = true;
+                    cursor = slab.back();
+                }
                 continue;
             }
             let payload = &self.state().entry(slot).payload;
