@@ -22,7 +22,10 @@
 //!    Zipf(`--zipf`) distribution (rank 1 is the hottest key; ranks are mapped
 //!    to keys through a random permutation, so popularity is unrelated to load
 //!    order) and either gets the key (`--read-ratio`, 90% by default) or
-//!    replaces its value with a new version.
+//!    replaces its value with a new version. With `--scan-ratio`, that
+//!    fraction of the gets read the next key of a sequential scan instead
+//!    (scan pollution for the eviction policy; `--exact-lru` picks the
+//!    policy).
 //! 3. **final check** (not timed in the table's phases): every key is read
 //!    once more and must hold exactly the last version written, every byte
 //!    compared.
@@ -140,6 +143,17 @@ struct Args {
     /// Zipf exponent of key popularity (0 = uniform; larger = more skewed).
     #[arg(long, value_name = "S", default_value_t = 0.99, value_parser = parse_zipf)]
     zipf: f64,
+
+    /// Fraction of gets that read keys in sequence instead (each thread
+    /// scans the key space from its own starting point), between 0 and 1:
+    /// scan pollution for the eviction policy.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = parse_ratio)]
+    scan_ratio: f64,
+
+    /// Exact LRU order (Builder::exact_lru) instead of the default
+    /// approximate recency (CLOCK).
+    #[arg(long)]
+    exact_lru: bool,
 
     /// Put spill files in this directory (created if missing) instead of a
     /// temporary directory.
@@ -317,6 +331,10 @@ struct Bench {
     read_ratio: f64,
     /// Zipf exponent.
     zipf: f64,
+    /// Fraction of gets that scan keys in sequence.
+    scan_ratio: f64,
+    /// Worker threads (each scan starts at its own offset).
+    threads: usize,
     /// Whether gets compare every byte.
     verify_full: bool,
     /// Base seed of the per-thread generators.
@@ -511,12 +529,18 @@ impl Bench {
         };
         let mut pending = 0;
         let mut now = Instant::now();
+        let mut scan = thread * self.n() / self.threads.max(1);
         while now < deadline && !self.failures.stopped() {
             let rank: f64 = zipf.sample(&mut rng);
             let rank = (rank as usize).clamp(1, self.n());
             let index = self.hot[rank - 1] as usize;
             now = if rng.gen::<f64>() < self.read_ratio {
-                self.get(index, &mut rng, &mut rec)
+                if self.scan_ratio > 0.0 && rng.gen::<f64>() < self.scan_ratio {
+                    scan = (scan + 1) % self.n();
+                    self.get(scan, &mut rng, &mut rec)
+                } else {
+                    self.get(index, &mut rng, &mut rec)
+                }
             } else {
                 self.replace(index, &mut rec)
             };
@@ -703,6 +727,8 @@ fn params(args: &Args, dump_dir: String, temporary_dir: bool) -> Result<Params, 
         secs: args.secs,
         read_ratio: args.read_ratio,
         zipf: args.zipf,
+        scan_ratio: args.scan_ratio,
+        exact_lru: args.exact_lru,
         shards: args.shards,
         max_object_size: args.max_object_size,
         dump_dir,
@@ -736,7 +762,8 @@ fn run(args: &Args) -> Result<Report, Failure> {
 
     let mut builder = SpillStore::<String>::builder()
         .max_size(params.max_size)
-        .dump_dir(&dump_dir);
+        .dump_dir(&dump_dir)
+        .exact_lru(params.exact_lru);
     if let Some(shards) = params.shards {
         builder = builder.shards(shards);
     }
@@ -760,6 +787,8 @@ fn run(args: &Args) -> Result<Report, Failure> {
         write_locks: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         read_ratio: params.read_ratio,
         zipf: params.zipf,
+        scan_ratio: params.scan_ratio,
+        threads: params.threads,
         verify_full: params.verify_full,
         seed: params.seed,
         cursor: AtomicUsize::new(0),

@@ -25,6 +25,10 @@ pub(crate) struct Params {
     pub(crate) read_ratio: f64,
     /// Zipf exponent of the key popularity distribution.
     pub(crate) zipf: f64,
+    /// Fraction of gets that read keys in sequence (a scan) instead.
+    pub(crate) scan_ratio: f64,
+    /// `Builder::exact_lru`: exact LRU instead of the default CLOCK.
+    pub(crate) exact_lru: bool,
     /// `Builder::shards`, if overridden.
     pub(crate) shards: Option<usize>,
     /// `Builder::max_object_size`, if overridden.
@@ -296,6 +300,8 @@ impl Report {
                 "secs": p.secs,
                 "read_ratio": p.read_ratio,
                 "zipf": p.zipf,
+                "scan_ratio": p.scan_ratio,
+                "exact_lru": p.exact_lru,
                 "shards": p.shards,
                 "max_object_size": p.max_object_size,
                 "dump_dir": p.dump_dir,
@@ -347,18 +353,25 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  workload        {} threads, {} s, {:.0}% get / {:.0}% replace, zipf {}",
+            "  workload        {} threads, {} s, {:.0}% get / {:.0}% replace, zipf {}, \
+             {:.0}% of gets scan",
             p.threads,
             p.secs,
             p.read_ratio * 100.0,
             (1.0 - p.read_ratio) * 100.0,
-            p.zipf
+            p.zipf,
+            p.scan_ratio * 100.0
         );
         let _ = writeln!(
             o,
-            "  store           shards {}, max object size {}",
+            "  store           shards {}, max object size {}, {}",
             p.shards.map_or("default".to_owned(), |s| s.to_string()),
-            p.max_object_size.map_or("default".to_owned(), format_size)
+            p.max_object_size.map_or("default".to_owned(), format_size),
+            if p.exact_lru {
+                "exact LRU"
+            } else {
+                "approximate recency (CLOCK)"
+            }
         );
         let _ = writeln!(
             o,

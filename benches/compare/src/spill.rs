@@ -11,12 +11,14 @@ pub struct SpillAdapter {
 }
 
 impl SpillAdapter {
-    pub fn new(cfg: &StoreConfig) -> Result<Self> {
+    /// `exact_lru` picks the eviction policy (see `Builder::exact_lru`).
+    pub fn new(cfg: &StoreConfig, exact_lru: bool) -> Result<Self> {
         let max_object = (cfg.value_size as u64 * 2).max(4 << 20);
         let inner = SpillStore::<String>::builder()
             .max_size(cfg.budget)
             .max_object_size(max_object)
             .dump_dir(cfg.dir.clone())
+            .exact_lru(exact_lru)
             .build()
             .context("building spillstore")?;
         Ok(Self { inner })

@@ -34,9 +34,14 @@ pub trait Store: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
 pub enum Peer {
     /// This crate: sharded, spills LRU blobs to files, reloads through mmap.
+    /// Its default policy: approximate recency (CLOCK).
     #[value(name = "spillstore")]
     #[serde(rename = "spillstore")]
     Spillstore,
+    /// The same with `Builder::exact_lru(true)`: the seed's exact LRU order.
+    #[value(name = "spillstore-exact")]
+    #[serde(rename = "spillstore-exact")]
+    SpillstoreExact,
     /// `quick_cache::sync::Cache`, weighted by value length (lossy).
     #[value(name = "quick_cache")]
     #[serde(rename = "quick_cache")]
@@ -56,8 +61,9 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 6] = [
         Peer::Spillstore,
+        Peer::SpillstoreExact,
         Peer::QuickCache,
         Peer::Moka,
         Peer::Foyer,
@@ -67,6 +73,7 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Peer::Spillstore => "spillstore",
+            Peer::SpillstoreExact => "spillstore-exact",
             Peer::QuickCache => "quick_cache",
             Peer::Moka => "moka",
             Peer::Foyer => "foyer",
@@ -98,7 +105,8 @@ impl StoreConfig {
 /// Build a fresh store of kind `peer`.
 pub fn build(peer: Peer, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
     Ok(match peer {
-        Peer::Spillstore => Box::new(crate::spill::SpillAdapter::new(cfg)?),
+        Peer::Spillstore => Box::new(crate::spill::SpillAdapter::new(cfg, false)?),
+        Peer::SpillstoreExact => Box::new(crate::spill::SpillAdapter::new(cfg, true)?),
         Peer::QuickCache => Box::new(crate::quick::QuickAdapter::new(cfg)),
         Peer::Moka => Box::new(crate::moka_peer::MokaAdapter::new(cfg)),
         Peer::Foyer => Box::new(crate::foyer_peer::FoyerAdapter::new(cfg)?),
