@@ -16,12 +16,9 @@
 //! exact. When a stripe is full and the write lock is busy, the access is
 //! dropped: under contention recency is approximate.
 
-// The thread-to-stripe counter is a `static`, which shuttle's atomics cannot
-// be; it only spreads threads over stripes, so std's is fine under shuttle.
-use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, OnceLock};
 
 use crate::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam::utils::CachePadded;
@@ -32,7 +29,7 @@ use crate::lru::SlotId;
 const STRIPE_CAPACITY: usize = 64;
 
 /// Most stripes per shard: enough to spread the threads of a big machine.
-const MAX_STRIPES: usize = 8;
+const MAX_STRIPES: usize = 16;
 
 struct Stripe {
     queue: ArrayQueue<SlotId>,
@@ -97,25 +94,50 @@ impl AccessLog {
     }
 }
 
-/// Stripes per shard: the number of cores, rounded up to a power of two.
+/// Stripes per shard: twice the number of cores, rounded up to a power of
+/// two, so that a few more threads than cores still count on lines of their
+/// own.
 fn stripe_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .next_power_of_two()
-            .min(MAX_STRIPES)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (2 * cores).next_power_of_two().min(MAX_STRIPES)
     })
 }
 
-/// A number fixed for the calling thread: threads take turns, so the first
-/// few threads get distinct stripes.
+/// A small number fixed for the calling thread while it lives: the lowest
+/// number no live thread holds, given back when the thread exits. So threads
+/// that run at the same time get distinct stripes (as long as there are
+/// fewer of them than stripes), however many threads came and went before;
+/// numbering threads in turn for the process's life would let two live
+/// threads share a stripe's cache line.
 fn thread_stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    /// Numbers given back by exited threads. A std lock: this runs once per
+    /// thread, and the model checker need not see it.
+    static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    static TAKEN: Mutex<usize> = Mutex::new(0);
+
+    struct Number(usize);
+    impl Drop for Number {
+        fn drop(&mut self) {
+            FREE.lock().unwrap_or_else(|e| e.into_inner()).push(self.0);
+        }
     }
-    STRIPE.with(|s| *s)
+    fn take() -> Number {
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let lowest = free.iter().enumerate().min_by_key(|&(_, n)| *n);
+        if let Some((i, _)) = lowest {
+            return Number(free.swap_remove(i));
+        }
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        *taken += 1;
+        Number(*taken - 1)
+    }
+    thread_local! {
+        static NUMBER: Number = take();
+    }
+    // During thread teardown the number may be gone already: any stripe will do.
+    NUMBER.try_with(|n| n.0).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -144,5 +166,26 @@ mod tests {
         assert_eq!(log.hits(), STRIPE_CAPACITY as u64 + 1);
         log.discard();
         assert!(log.record(1));
+    }
+
+    #[test]
+    fn threads_alive_together_get_distinct_stripes() {
+        let barrier = std::sync::Barrier::new(4);
+        let numbers: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let n = thread_stripe();
+                        barrier.wait(); // all four hold their numbers at once
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut distinct = numbers.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{numbers:?}");
     }
 }
