@@ -450,6 +450,41 @@ mod tests {
     }
 
     #[test]
+    fn marks_ride_on_the_links_without_disturbing_them() {
+        let mut slab = LinkedSlab::default();
+        let ids: Vec<_> = (0..4).map(|v| slab.insert(v).unwrap()).collect();
+        for &id in &ids {
+            slab.push_front(id);
+        }
+        // Mark every slot twice, through a shared reference (as readers do).
+        let shared = &slab;
+        for &id in &ids {
+            shared.mark(id);
+            shared.mark(id);
+        }
+        slab.mark(NIL - 5); // beyond the slab: ignored
+        // The links read back unchanged under the marks.
+        assert_eq!(order(&slab), [3, 2, 1, 0]);
+        assert_eq!(slab.prev_of(ids[0]), Some(ids[1]));
+        slab.validate().unwrap();
+        // Unlinking a neighbour rewrites a marked slot's link, keeping its mark.
+        slab.unlink(ids[2]);
+        assert_eq!(order(&slab), [3, 1, 0]);
+        assert!(slab.take_mark(ids[1]));
+        assert!(!slab.take_mark(ids[1]), "taking clears");
+        // Linking again (at either end) starts unmarked.
+        assert!(slab.take_mark(ids[2]), "a detached slot keeps its mark");
+        slab.mark(ids[2]);
+        slab.push_back(ids[2]);
+        assert!(!slab.take_mark(ids[2]));
+        slab.touch(ids[0]);
+        assert!(!slab.take_mark(ids[0]));
+        assert!(slab.take_mark(ids[3]));
+        assert_eq!(order(&slab), [0, 3, 1, 2]);
+        slab.validate().unwrap();
+    }
+
+    #[test]
     fn removed_slots_are_reused_and_detached_items_stay() {
         let mut slab = LinkedSlab::default();
         let a = slab.insert(10).unwrap();
