@@ -95,28 +95,36 @@ pub(super) enum Place {
     Disk,
 }
 
-/// Values and records taken out of the shard under its lock.
+/// Values and records taken out of the shard under its lock. The first is
+/// kept inline: most write sections take out at most one payload (the one a
+/// replace or remove drops), and they should not allocate for it.
 #[derive(Default)]
 pub(super) struct Garbage {
-    values: Vec<Bytes>,
-    records: Vec<Record>,
+    first: Option<Payload>,
+    rest: Vec<Payload>,
 }
 
 impl Garbage {
     pub(super) fn take(&mut self, payload: Payload) {
-        match payload {
-            Payload::Resident { value, copy } => {
-                self.values.push(value);
-                self.records.extend(copy);
-            }
-            Payload::Disk(record) => self.records.push(record),
+        if self.first.is_none() {
+            self.first = Some(payload);
+        } else {
+            self.rest.push(payload);
         }
+    }
+
+    fn take_value(&mut self, value: Bytes) {
+        self.take(Payload::Resident { value, copy: None });
+    }
+
+    fn take_record(&mut self, record: Record) {
+        self.take(Payload::Disk(record));
     }
 
     /// Drops everything taken; the guard calls this with the lock released.
     pub(super) fn free(&mut self) {
-        self.values.clear();
-        self.records.clear();
+        self.first = None;
+        self.rest.clear();
     }
 }
 
@@ -314,7 +322,7 @@ impl<'a, K> WriteGuard<'a, K> {
             unreachable!("respill of a value without a disk copy")
         };
         entry.payload = Payload::Disk(record);
-        garbage.values.push(value);
+        garbage.take_value(value);
         bump(&counters.respills, 1);
     }
 
@@ -338,7 +346,7 @@ impl<'a, K> WriteGuard<'a, K> {
     pub(super) fn finish_spill(&mut self, victim: Victim, record: Record) {
         let (state, garbage, counters) = self.parts();
         if !state.is_spilling(&victim) {
-            garbage.records.push(record);
+            garbage.take_record(record);
             return;
         }
         let len = victim.value.len() as u64;
@@ -399,8 +407,8 @@ impl<'a, K> WriteGuard<'a, K> {
             ..
         }) = state.slab.get_mut(slot)
         {
-            if copy.as_ref().is_some_and(doomed) {
-                garbage.records.extend(copy.take());
+            if let Some(record) = copy.take_if(|record| doomed(record)) {
+                garbage.take_record(record);
             }
         }
     }
@@ -411,11 +419,11 @@ impl<'a, K> WriteGuard<'a, K> {
         let (state, garbage, _) = self.parts();
         match state.slab.get_mut(relocation.slot).map(|e| &mut e.payload) {
             Some(Payload::Disk(old)) if old.same_as(&relocation.reader) => {
-                garbage.records.push(std::mem::replace(old, record));
+                garbage.take_record(std::mem::replace(old, record));
                 relocation.reader.value_len()
             }
             _ => {
-                garbage.records.push(record);
+                garbage.take_record(record);
                 0
             }
         }
