@@ -12,11 +12,11 @@ pub(crate) use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 /// Atomics shared between threads: std's, or shuttle's under `cfg(shuttle)`.
 pub(crate) mod atomic {
+    #[cfg(shuttle)]
+    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::atomic::Ordering;
     #[cfg(not(shuttle))]
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-    #[cfg(shuttle)]
-    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 }
 
 /// Gives the processor (or, under shuttle, the scheduler) to another thread.
