@@ -61,10 +61,22 @@
 //!   per-thread HDR histograms (3 significant digits) merged after the phase:
 //!   inserts during load, gets served from memory, gets that reloaded from a
 //!   spill file, and inserts (replacements) during the mixed phase.
-//! * **peak**: the largest `memory_bytes`, `disk_bytes` and spill-file
-//!   footprint (`spill_file_bytes` / `spill_files`, dead space included) seen
-//!   by the sampler over the whole run; memory above the budget is flagged.
-//! * **end**: the gauges after the final check.
+//! * **peak**: the largest `memory_bytes`, `disk_bytes`, spill-file lengths
+//!   (`spill_file_bytes` / `spill_files`: apparent, holes and dead space
+//!   included) and what the files occupy on disk by the store's count
+//!   (`spill_file_allocated_bytes`) seen by the sampler over the whole run;
+//!   memory above the budget is flagged.
+//! * **end**: the gauges after the final check, with the bytes of the live
+//!   records the files must hold and the open spill files.
+//! * **disk**: the disk budget and the bytes returned by punching holes.
+//! * **du**: at every sample the sampler also adds up `st_blocks` of the
+//!   dump dir's files (what `du` counts) and compares it with the live
+//!   records' bytes (`spill_live_bytes`: values only on disk and copies kept
+//!   for cheap re-eviction, headers included): the peak, the worst ratio,
+//!   and how many samples were above 1.25 x live + 16 MiB, over the run and
+//!   over the mixed phase alone.
+//! * **write amp**: bytes written to spill files (spills and compaction)
+//!   per byte inserted, per phase.
 //!
 //! `--json` prints the same data as one JSON object instead (sizes in bytes,
 //! latencies in nanoseconds). `--dump-dir` puts the spill files in a given
@@ -795,7 +807,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     let n = bench.n() as u64;
     let threads = params.threads;
     let value_size = params.value_size;
-    let mut peaks = Peaks::default();
+    let mut peaks = Peaks::new(bench.store.dump_dir());
 
     // Load: every key once.
     let bar = progress_bar(n, "load", COUNT_TEMPLATE);
@@ -835,6 +847,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     }
 
     // Mixed: Zipf gets and replacements for a fixed time.
+    peaks.in_mixed = true;
     let duration = Duration::from_secs_f64(params.secs);
     let bar = progress_bar(duration.as_millis() as u64, "mixed", TIME_TEMPLATE);
     let before = Counters::of(&bench.store.stats());
@@ -866,6 +879,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     };
 
     // Final check: every key holds exactly its last version.
+    peaks.in_mixed = false;
     let bar = progress_bar(n, "check", COUNT_TEMPLATE);
     let (_, check_secs) = bench.run_threads(
         threads,
