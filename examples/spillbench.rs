@@ -176,6 +176,11 @@ struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_object_size: Option<u64>,
 
+    /// Spill files kept open at once (Builder::max_open_files) [default:
+    /// the library's].
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    max_open_files: Option<usize>,
+
     /// Seed for key popularity and the worker threads' random choices.
     #[arg(long, value_name = "N", default_value_t = 0x5eed)]
     seed: u64,
@@ -717,6 +722,7 @@ fn params(args: &Args, dump_dir: String, temporary_dir: bool) -> Result<Params, 
         zipf: args.zipf,
         shards: args.shards,
         max_object_size: args.max_object_size,
+        max_open_files: args.max_open_files,
         dump_dir,
         temporary_dir,
         verify_full: args.verify_full,
@@ -754,6 +760,9 @@ fn run(args: &Args) -> Result<Report, Failure> {
     }
     if let Some(max) = params.max_object_size {
         builder = builder.max_object_size(max);
+    }
+    if let Some(files) = params.max_open_files {
+        builder = builder.max_open_files(files);
     }
     let store = builder
         .build()

@@ -597,3 +597,57 @@ fn low_descriptor_child(dir: &Path) {
         s.spill_files, s.max_open_spill_files
     );
 }
+
+/// A measurement for BENCHMARKS.md, not a test: a store with 256 MiB of
+/// values on disk (64 MiB more in memory), then 90% of the keys removed in
+/// random order; prints `du` of the files against the live records at each
+/// stage. Run with (the dump dir's parent from `SPILLSTORE_MEASURE_DIR`, or
+/// a temporary directory):
+///
+/// `cargo test --release --test disk -- --ignored --nocapture measure_space_after_removing_90_percent`
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md: writes 0.7 GiB"]
+fn measure_space_after_removing_90_percent() {
+    let parent = tempfile::tempdir_in(
+        std::env::var_os("SPILLSTORE_MEASURE_DIR").map_or_else(std::env::temp_dir, Into::into),
+    )
+    .unwrap();
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!("| values | stage | du of the files | live records | du / live | goal |");
+    println!("|---|---|---:|---:|---:|---|");
+    for (len, label, factor) in [(64usize << 10, "64 KiB", 1.25), (100, "100 B", 2.0)] {
+        let dump = parent.path().join(format!("dump-{len}"));
+        let store: SpillStore<u32> = SpillStore::builder()
+            .max_size(64 << 20)
+            .dump_dir(&dump)
+            .build()
+            .unwrap();
+        let n = ((320u64 << 20) / len as u64) as u32;
+        for k in 0..n {
+            store.insert(k, vec![k as u8; len]).unwrap();
+        }
+        let row = |stage: &str| {
+            let s = store.stats();
+            let du = spill_du(&dump);
+            let goal = factor * s.spill_live_bytes as f64 + f64::from(16 << 20);
+            println!(
+                "| {label} | {stage} | {:.1} MiB | {:.1} MiB | {:.2} | du <= {factor} x live + 16 MiB: {} |",
+                mib(du),
+                mib(s.spill_live_bytes),
+                du as f64 / s.spill_live_bytes.max(1) as f64,
+                if du as f64 <= goal { "met" } else { "missed" }
+            );
+        };
+        row(&format!("{} MiB on disk", store.stats().disk_bytes >> 20));
+        let mut keys: Vec<u32> = (0..n).collect();
+        keys.shuffle(&mut StdRng::seed_from_u64(1));
+        for k in &keys[..n as usize * 9 / 10] {
+            store.remove(k).unwrap();
+        }
+        row("90% removed");
+        store.insert(n, vec![0; len]).unwrap();
+        row("then one insert");
+        store.compact();
+        row("then compact()");
+    }
+}

@@ -30,6 +30,8 @@ pub(crate) struct Params {
     pub(crate) shards: Option<usize>,
     /// `Builder::max_object_size`, if overridden.
     pub(crate) max_object_size: Option<u64>,
+    /// `Builder::max_open_files`, if overridden.
+    pub(crate) max_open_files: Option<usize>,
     /// Where the spill files went.
     pub(crate) dump_dir: String,
     /// Whether `dump_dir` is a temporary directory created for this run.
@@ -406,6 +408,7 @@ impl Report {
                 "zipf": p.zipf,
                 "shards": p.shards,
                 "max_object_size": p.max_object_size,
+                "max_open_files": p.max_open_files,
                 "dump_dir": p.dump_dir,
                 "temporary_dump_dir": p.temporary_dir,
                 "verify_full": p.verify_full,
@@ -475,9 +478,11 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  store           shards {}, max object size {}",
+            "  store           shards {}, max object size {}, max open files {}",
             p.shards.map_or("default".to_owned(), |s| s.to_string()),
-            p.max_object_size.map_or("default".to_owned(), format_size)
+            p.max_object_size.map_or("default".to_owned(), format_size),
+            p.max_open_files
+                .map_or("default".to_owned(), |n| n.to_string())
         );
         let _ = writeln!(
             o,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use spillstore::{Error, LimitKind, Location, SpillStore};
+use spillstore::{Bytes, Error, LimitKind, Location, SpillStore};
 
 use common::{spill_files, value};
 
@@ -63,6 +63,8 @@ struct Checker {
     reloads: u64,
     /// The disk budget, if any (see the "disk budget" block below).
     max_disk_size: Option<u64>,
+    /// Values returned by gets, held across later operations.
+    held: Vec<(usize, Bytes, Vec<u8>)>,
 }
 
 impl Checker {
@@ -150,6 +152,7 @@ impl Checker {
                     bytes.as_ref() == want.as_slice(),
                     "step {step}: get({key}) returned wrong bytes"
                 );
+                self.hold(step, &bytes, want);
                 assert_eq!(
                     Some(from),
                     before,
@@ -275,6 +278,27 @@ impl Checker {
             );
         }
         self.check_disk_budget(step);
+        self.check_held(step);
+    }
+}
+
+// Values handed out stay intact whatever happens to their keys later
+// (removes, replaces, compaction punching holes in their files).
+impl Checker {
+    fn hold(&mut self, step: usize, bytes: &Bytes, want: &[u8]) {
+        if self.held.len() == 16 {
+            self.held.swap_remove(step % 16);
+        }
+        self.held.push((step, bytes.clone(), want.to_vec()));
+    }
+
+    fn check_held(&self, step: usize) {
+        for (got_at, bytes, want) in &self.held {
+            assert!(
+                bytes.as_ref() == want.as_slice(),
+                "step {step}: a value returned at step {got_at} changed"
+            );
+        }
     }
 }
 
@@ -354,6 +378,7 @@ fuzz_target!(|input: Input| {
         misses: 0,
         reloads: 0,
         max_disk_size,
+        held: Vec::new(),
     };
     c.check(0);
     for (step, op) in input.ops.iter().take(MAX_OPS).enumerate() {

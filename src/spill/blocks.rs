@@ -143,8 +143,8 @@ impl BlockMap {
 
     /// Drops a hold on `offset..offset + len`. Returns the blocks (as byte
     /// ranges) that are now dead, final and allocated, so their space can be
-    /// returned, unless no holder is left at all: then the whole file is
-    /// about to be deleted and punching would be wasted work.
+    /// returned, unless no holder is left in a sealed segment: then the
+    /// whole file is about to be deleted and punching would be wasted work.
     pub(super) fn release(&mut self, offset: u64, len: u64) -> Vec<Range<u64>> {
         // Usually one range: a record's inner blocks are held only by it and
         // its pins, so they die together, with the ends if no neighbour holds
@@ -161,7 +161,10 @@ impl BlockMap {
             }
         }
         self.holders -= 1;
-        if self.holders == 0 {
+        // A sealed file that nobody holds is deleted whole. (The writer's
+        // file may get new records even with no holder left, so its dead
+        // blocks are punched all the same.)
+        if self.holders == 0 && self.sealed {
             dead.clear();
         }
         dead
@@ -346,7 +349,7 @@ mod tests {
     fn the_last_holder_frees_nothing_the_file_goes_whole() {
         let mut m = map();
         m.place(64, 3 * B);
-        m.seal();
+        assert_eq!(m.seal(), None, "the last block is held");
         assert_eq!(m.freed_by_releasing(&[(64, 3 * B)], true), m.accounted());
         assert_eq!(m.release(64, 3 * B), vec![]);
     }

@@ -851,6 +851,8 @@ mod tests {
         let before = spill.usage().allocated;
         records[1].take();
         records[2].take();
+        // (Under Miri values are read, not mapped: a copy holds nothing.)
+        #[cfg(not(miri))]
         assert_eq!(spill.usage().allocated, before, "all still held");
         assert_eq!(held, vals[1]);
         assert_eq!(reader.read_copy().unwrap(), vals[2]);

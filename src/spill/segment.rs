@@ -435,7 +435,7 @@ impl Segment {
                     start: start + HEADER_LEN as usize,
                     end,
                     map,
-                    _pin: pin.clone(),
+                    _hold: ValueHold::new(pin),
                 }))
             }
         }
@@ -493,7 +493,43 @@ struct MappedValue {
     map: Arc<memmap2::Mmap>,
     start: usize,
     end: usize,
-    _pin: Pin,
+    _hold: ValueHold,
+}
+
+/// A handed-out value's hold on its record's blocks. Unlike a [`Pin`] it
+/// does not keep the file: once no record or reader needs the file it is
+/// deleted as usual (the value's mapping stays valid, its pages are freed
+/// when the value is dropped), so a value a caller keeps never keeps a file
+/// in the dump dir, nor the dir itself after `cleanup`.
+#[cfg(not(miri))]
+struct ValueHold {
+    segment: Weak<Segment>,
+    offset: u64,
+    len: u64,
+}
+
+#[cfg(not(miri))]
+impl ValueHold {
+    /// Holds the blocks `pin` holds, for a value read through it.
+    fn new(pin: &Pin) -> Self {
+        if let Some(blocks) = &pin.segment.blocks {
+            blocks.lock().hold(pin.offset, pin.len);
+        }
+        ValueHold {
+            segment: Arc::downgrade(&pin.segment),
+            offset: pin.offset,
+            len: pin.len,
+        }
+    }
+}
+
+#[cfg(not(miri))]
+impl Drop for ValueHold {
+    fn drop(&mut self) {
+        if let Some(segment) = self.segment.upgrade().filter(|s| s.blocks.is_some()) {
+            segment.release(self.offset, self.len, false);
+        }
+    }
 }
 
 #[cfg(not(miri))]
@@ -523,12 +559,6 @@ impl Pin {
             offset,
             len,
         }
-    }
-}
-
-impl Clone for Pin {
-    fn clone(&self) -> Self {
-        Pin::new(&self.segment, self.offset, self.len)
     }
 }
 
