@@ -64,10 +64,22 @@
 //!   per-thread HDR histograms (3 significant digits) merged after the phase:
 //!   inserts during load, gets served from memory, gets that reloaded from a
 //!   spill file, and inserts (replacements) during the mixed phase.
-//! * **peak**: the largest `memory_bytes`, `disk_bytes` and spill-file
-//!   footprint (`spill_file_bytes` / `spill_files`, dead space included) seen
-//!   by the sampler over the whole run; memory above the budget is flagged.
-//! * **end**: the gauges after the final check.
+//! * **peak**: the largest `memory_bytes`, `disk_bytes`, spill-file lengths
+//!   (`spill_file_bytes` / `spill_files`: apparent, holes and dead space
+//!   included) and what the files occupy on disk by the store's count
+//!   (`spill_file_allocated_bytes`) seen by the sampler over the whole run;
+//!   memory above the budget is flagged.
+//! * **end**: the gauges after the final check, with the bytes of the live
+//!   records the files must hold and the open spill files.
+//! * **disk**: the disk budget and the bytes returned by punching holes.
+//! * **du**: at every sample the sampler also adds up `st_blocks` of the
+//!   dump dir's files (what `du` counts) and compares it with the live
+//!   records' bytes (`spill_live_bytes`: values only on disk and copies kept
+//!   for cheap re-eviction, headers included): the peak, the worst ratio,
+//!   and how many samples were above 1.25 x live + 16 MiB, over the run and
+//!   over the mixed phase alone.
+//! * **write amp**: bytes written to spill files (spills and compaction)
+//!   per byte inserted, per phase.
 //!
 //! `--json` prints the same data as one JSON object instead (sizes in bytes,
 //! latencies in nanoseconds). `--dump-dir` puts the spill files in a given
@@ -177,6 +189,11 @@ struct Args {
     /// library's].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_object_size: Option<u64>,
+
+    /// Spill files kept open at once (Builder::max_open_files) [default:
+    /// the library's].
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    max_open_files: Option<usize>,
 
     /// Seed for key popularity and the worker threads' random choices.
     #[arg(long, value_name = "N", default_value_t = 0x5eed)]
@@ -731,6 +748,7 @@ fn params(args: &Args, dump_dir: String, temporary_dir: bool) -> Result<Params, 
         exact_lru: args.exact_lru,
         shards: args.shards,
         max_object_size: args.max_object_size,
+        max_open_files: args.max_open_files,
         dump_dir,
         temporary_dir,
         verify_full: args.verify_full,
@@ -769,6 +787,9 @@ fn run(args: &Args) -> Result<Report, Failure> {
     }
     if let Some(max) = params.max_object_size {
         builder = builder.max_object_size(max);
+    }
+    if let Some(files) = params.max_open_files {
+        builder = builder.max_open_files(files);
     }
     let store = builder
         .build()
@@ -824,7 +845,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     let n = bench.n() as u64;
     let threads = params.threads;
     let value_size = params.value_size;
-    let mut peaks = Peaks::default();
+    let mut peaks = Peaks::new(bench.store.dump_dir());
 
     // Load: every key once.
     let bar = progress_bar(n, "load", COUNT_TEMPLATE);
@@ -864,6 +885,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     }
 
     // Mixed: Zipf gets and replacements for a fixed time.
+    peaks.in_mixed = true;
     let duration = Duration::from_secs_f64(params.secs);
     let bar = progress_bar(duration.as_millis() as u64, "mixed", TIME_TEMPLATE);
     let before = Counters::of(&bench.store.stats());
@@ -895,6 +917,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     };
 
     // Final check: every key holds exactly its last version.
+    peaks.in_mixed = false;
     let bar = progress_bar(n, "check", COUNT_TEMPLATE);
     let (_, check_secs) = bench.run_threads(
         threads,

@@ -46,6 +46,8 @@ pub struct Builder<K = String> {
     shards: Option<usize>,
     segment_size: u64,
     exact_lru: bool,
+    max_disk_size: Option<u64>,
+    max_open_files: Option<usize>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -58,6 +60,8 @@ impl<K> Default for Builder<K> {
             shards: None,
             segment_size: DEFAULT_SEGMENT_SIZE,
             exact_lru: false,
+            max_disk_size: None,
+            max_open_files: None,
             _key: PhantomData,
         }
     }
@@ -73,6 +77,10 @@ pub(crate) struct Config {
     pub(crate) shards: usize,
     pub(crate) segment_size: u64,
     pub(crate) exact_lru: bool,
+    /// Bytes the spill files may occupy on disk, if bounded.
+    pub(crate) max_disk_size: Option<u64>,
+    /// Spill files open at once; `None` for the default.
+    pub(crate) max_open_files: Option<usize>,
 }
 
 impl<K> Builder<K> {
@@ -237,6 +245,89 @@ impl<K> Builder<K> {
         self
     }
 
+    /// The most bytes the spill files may occupy on disk: allocated blocks,
+    /// as `du` counts them, not the files' lengths (segments are sparse, so
+    /// only what was written counts, and holes punched over dead records
+    /// count no more). A spill that would go past it is refused with
+    /// [`Error::DiskLimit`] ("disk limit"), and so is the insert that needed
+    /// it: the key is not stored, a replaced value stays, and everything
+    /// stored before stays readable. Any positive size is accepted, even one
+    /// smaller than a segment. Needs [`dump_dir`](Self::dump_dir).
+    ///
+    /// The store counts, besides its files' blocks, an allowance for the
+    /// file system's map of each file's extents (at most 0.34% of a full
+    /// segment); the lock file and the directory itself are not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Error, SpillStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SpillStore::builder()
+    ///     .max_size(64 << 10)
+    ///     .max_disk_size(256 << 10)
+    ///     .dump_dir(dir.path())
+    ///     .shards(1)
+    ///     .build()?;
+    /// let mut refused = None;
+    /// for i in 0..100u32 {
+    ///     if let Err(e) = store.insert(i.to_string(), vec![0u8; 16 << 10]) {
+    ///         refused = Some(e);
+    ///         break;
+    ///     }
+    /// }
+    /// let err = refused.expect("320 KiB do not fit in 64 KiB + 256 KiB");
+    /// assert!(matches!(err, Error::DiskLimit { .. }));
+    /// assert!(err.to_string().contains("disk limit"));
+    /// assert!(store.stats().spill_file_allocated_bytes <= 256 << 10);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn max_disk_size(mut self, bytes: u64) -> Self {
+        self.max_disk_size = Some(bytes);
+        self
+    }
+
+    /// How many spill files the store keeps open at once (a descriptor and a
+    /// mapping each), whatever the number of files: others are closed and
+    /// reopened when needed, after checking that the path still names the
+    /// file the store created. At least 1. The default is an eighth of the
+    /// process's descriptor limit (`ulimit -n`) read when the store is
+    /// built, between 8 and 128.
+    ///
+    /// The cost of a small cache: a read from a file that was closed reopens
+    /// and maps it (`open`, `fstat`, a 64-byte `pread` of the header,
+    /// `mmap`: about 10 to 20 µs), on top of the read itself. A value handed
+    /// out as a slice of a mapping keeps that mapping (not a descriptor)
+    /// alive while the caller holds it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::SpillStore;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store: SpillStore<u32> = SpillStore::builder()
+    ///     .max_size(4096)
+    ///     .dump_dir(dir.path())
+    ///     .segment_size(8192)
+    ///     .max_open_files(2)
+    ///     .build()?;
+    /// for i in 0..100 {
+    ///     store.insert(i, vec![i as u8; 1000])?;
+    /// }
+    /// assert!(store.stats().spill_files > 2);
+    /// for i in 0..100 {
+    ///     assert_eq!(store.get(&i)?.unwrap(), vec![i as u8; 1000]);
+    /// }
+    /// assert!(store.stats().open_spill_files <= 2);
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn max_open_files(mut self, files: usize) -> Self {
+        self.max_open_files = Some(files);
+        self
+    }
+
     /// Checks the settings without opening anything.
     pub(crate) fn validate(&self) -> Result<Config, Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
@@ -254,6 +345,16 @@ impl<K> Builder<K> {
             .is_some_and(|d| d.as_os_str().is_empty())
         {
             return invalid("dump_dir must not be empty".into());
+        }
+        match self.max_disk_size {
+            Some(0) => return invalid("max_disk_size must be positive".into()),
+            Some(_) if self.dump_dir.is_none() => {
+                return invalid("max_disk_size needs a dump_dir".into())
+            }
+            _ => {}
+        }
+        if self.max_open_files == Some(0) {
+            return invalid("max_open_files must be at least 1".into());
         }
         let requested = match self.shards {
             Some(0) => return invalid("shards must be at least 1".into()),
@@ -276,6 +377,8 @@ impl<K> Builder<K> {
             shards: requested.next_power_of_two().min(MAX_SHARDS),
             segment_size: self.segment_size,
             exact_lru: self.exact_lru,
+            max_disk_size: self.max_disk_size,
+            max_open_files: self.max_open_files,
         })
     }
 }
@@ -287,10 +390,18 @@ where
     /// Validates the settings, opens and locks the dump directory, and
     /// returns the store.
     ///
+    /// A dump directory the store creates gets mode 0700 (one that exists
+    /// keeps its mode), and the spill files mode 0600. Spill files left in
+    /// it by an earlier store that died (the lock is free, so no live store
+    /// uses them) are deleted; they are recognised by their content, never by
+    /// name alone, and counted in [`Stats::orphans_removed`](crate::Stats::orphans_removed).
+    ///
     /// # Errors
     ///
-    /// `InvalidConfig` for settings that do not fit together, a zero
-    /// `max_size` or shard count, or a `dump_dir` that is not a directory;
+    /// `InvalidConfig` for settings that do not fit together (`max_size`
+    /// without `dump_dir` or the reverse, `max_disk_size` without
+    /// `dump_dir`), a zero `max_size`, `max_disk_size`, `max_open_files` or
+    /// shard count, or a `dump_dir` that is not a directory;
     /// `DirLocked` when another live store uses the directory; `Io` when it
     /// cannot be created or locked.
     ///

@@ -68,6 +68,43 @@ pub enum Error {
         kind: LimitKind,
     },
 
+    /// Spilling would take the spill files past `max_disk_size`, so the
+    /// operation that needed it (an insert) was refused: the key is not
+    /// stored, a replaced value stays, and every value stored before stays
+    /// readable. Removing values makes room at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Error, SpillStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// // A value larger than a shard's share of memory goes straight to disk.
+    /// let store = SpillStore::builder()
+    ///     .max_size(1 << 20)
+    ///     .max_disk_size(64 << 10)
+    ///     .dump_dir(dir.path())
+    ///     .shards(16)
+    ///     .build()?;
+    /// match store.insert("big".to_string(), vec![0u8; 100 << 10]) {
+    ///     Err(Error::DiskLimit { needed, limit, .. }) => assert!(needed > limit),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// assert!(!store.contains_key("big"));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[error(
+        "spilling needs {needed} more bytes on disk, {available} of the {limit} byte disk limit are free"
+    )]
+    DiskLimit {
+        /// Bytes the spill would have added on disk (whole blocks).
+        needed: u64,
+        /// Bytes left under the limit when it was refused.
+        available: u64,
+        /// `max_disk_size`.
+        limit: u64,
+    },
+
     /// An I/O operation on the dump directory failed. The message names the
     /// operation and the path; [`std::io::Error::kind`] is the operating
     /// system's (for example `StorageFull` when the disk is full).

@@ -463,7 +463,7 @@ mod tests {
             shared.mark(id);
         }
         slab.mark(NIL - 5); // beyond the slab: ignored
-        // The links read back unchanged under the marks.
+                            // The links read back unchanged under the marks.
         assert_eq!(order(&slab), [3, 2, 1, 0]);
         assert_eq!(slab.prev_of(ids[0]), Some(ids[1]));
         slab.validate().unwrap();

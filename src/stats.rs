@@ -40,9 +40,33 @@ pub struct Stats {
     pub max_size: Option<u64>,
     /// Spill files in the dump directory now.
     pub spill_files: usize,
-    /// Bytes those files occupy, as their lengths add up: record headers,
-    /// copies kept for cheap re-eviction and space not yet reclaimed included.
+    /// Bytes those files span, as their lengths add up (what `ls` shows):
+    /// record headers, copies kept for cheap re-eviction, holes and space not
+    /// yet reclaimed included. The files are sparse: see
+    /// `spill_file_allocated_bytes` for what they occupy.
     pub spill_file_bytes: u64,
+    /// Bytes the spill files occupy on disk: their allocated blocks, as `du`
+    /// counts them, plus an allowance for the file system's extent maps, and
+    /// space priced for writes in flight. Never more than `max_disk_size`;
+    /// `du` of the files is at most this (the store counts conservatively).
+    pub spill_file_allocated_bytes: u64,
+    /// Bytes of the records the spill files must keep: values only on disk
+    /// and copies kept for cheap re-eviction, record headers included.
+    pub spill_live_bytes: u64,
+    /// The configured disk budget (`max_disk_size`), if any.
+    pub max_disk_size: Option<u64>,
+    /// Bytes returned to the file system by punching holes over blocks that
+    /// only dead records covered (zero where the file system cannot).
+    pub punched_bytes: u64,
+    /// Spill files open now (a descriptor each, and a mapping once read).
+    pub open_spill_files: usize,
+    /// Spill files a store keeps open at most (`max_open_files`).
+    pub max_open_spill_files: usize,
+    /// Spill files of an earlier store that died, found in the dump dir and
+    /// deleted when this store was built.
+    pub orphans_removed: u64,
+    /// Bytes those files occupied on disk.
+    pub orphan_bytes_removed: u64,
     /// `get` calls served from memory.
     pub hits: u64,
     /// `get` calls for absent keys.

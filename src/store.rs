@@ -175,7 +175,7 @@ where
     /// (for up to 2^25 shards).
     pub(crate) fn with_config(config: Config) -> Result<Self, Error> {
         let spill = match &config.dump_dir {
-            Some(dir) => Some(SpillDir::open(dir.clone(), config.segment_size)?),
+            Some(dir) => Some(SpillDir::open(dir.clone(), &config)?),
             None => None,
         };
         // Under shuttle the hasher is seeded, so that keys land in the same
@@ -628,6 +628,14 @@ where
             let usage = spill.usage();
             stats.spill_files = usage.files;
             stats.spill_file_bytes = usage.bytes;
+            stats.spill_file_allocated_bytes = usage.allocated;
+            stats.spill_live_bytes = usage.live;
+            stats.max_disk_size = usage.limit;
+            stats.punched_bytes = usage.punched_bytes;
+            stats.open_spill_files = usage.open_files;
+            stats.max_open_spill_files = usage.max_open_files;
+            stats.orphans_removed = usage.orphans.files;
+            stats.orphan_bytes_removed = usage.orphans.bytes;
             stats.compactions = usage.compactions;
             stats.compacted_bytes = usage.compacted_bytes;
         }

@@ -247,7 +247,9 @@ fn a_flipped_byte_is_reported_until_the_key_is_replaced() {
     let store = spilled_store(dir.path(), 20, 100);
     let files = spill_files(dir.path());
     let mut data = fs::read(&files[0]).unwrap();
-    data[32 + 50] ^= 0xff; // inside the first record's value
+    // Inside the first record's value: after the 64-byte file header and
+    // the record's 32-byte header.
+    data[64 + 32 + 50] ^= 0xff;
     fs::write(&files[0], &data).unwrap();
     // Key 0 was the first value spilled: the first record of the first file.
     assert_eq!(read_all(&store, 20, 100), (19, 1));

@@ -245,3 +245,114 @@ proptest! {
         run(ops, max_size, shards, exact)?;
     }
 }
+
+// ---------------------------------------------------------------------------
+// With a disk budget (`max_disk_size`): an insert either succeeds or is
+// refused with `DiskLimit` and changes nothing; the spill files never occupy
+// more than the budget (the store's count, and `du` of the files, which is
+// at most the store's count); no value is lost or altered.
+
+/// Runs `ops` on a store with `max_size` bytes of memory and `max_disk`
+/// bytes of disk, against a `HashMap`.
+fn run_with_disk_budget(
+    ops: Vec<Op>,
+    max_size: u64,
+    max_disk: u64,
+    shards: usize,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let store: SpillStore<u8> = SpillStore::builder()
+        .max_size(max_size)
+        .max_disk_size(max_disk)
+        .dump_dir(&dump)
+        .shards(shards)
+        .segment_size(4096)
+        .build()
+        .unwrap();
+    let mut model: HashMap<u8, Vec<u8>> = HashMap::new();
+    let mut refusals = 0;
+    for op in ops {
+        match op {
+            Op::Insert(k, len, tag) => {
+                let v = common::value(u64::from(tag) << 8 | u64::from(k), len);
+                match store.insert(k, v.clone()) {
+                    Ok(()) => {
+                        prop_assert!(len as u64 <= max_size);
+                        model.insert(k, v);
+                    }
+                    Err(Error::ObjectTooLarge { .. }) => prop_assert!(len as u64 > max_size),
+                    Err(Error::DiskLimit {
+                        needed,
+                        available,
+                        limit,
+                    }) => {
+                        prop_assert_eq!(limit, max_disk);
+                        prop_assert!(needed > available, "{} <= {}", needed, available);
+                        refusals += 1;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                }
+            }
+            Op::Get(k) => {
+                let got = store.get(&k).unwrap();
+                prop_assert_eq!(got.as_deref(), model.get(&k).map(|v| &v[..]));
+            }
+            Op::Remove(k) => {
+                prop_assert_eq!(store.remove(&k).unwrap(), model.remove(&k).is_some());
+            }
+            Op::Contains(k) => {
+                prop_assert_eq!(store.contains_key(&k), model.contains_key(&k));
+            }
+            Op::Clear => {
+                store.clear().unwrap();
+                model.clear();
+            }
+            Op::Compact => store.compact(),
+        }
+        if let Err(e) = store.validate() {
+            return Err(TestCaseError::fail(e));
+        }
+        // A background compaction pass may be writing: let it end, so the
+        // files on disk are the ones the store counts.
+        store.quiesce();
+        let stats = store.stats();
+        let total: usize = model.values().map(Vec::len).sum();
+        prop_assert_eq!(stats.memory_bytes + stats.disk_bytes, total as u64);
+        prop_assert_eq!(stats.max_disk_size, Some(max_disk));
+        prop_assert!(stats.spill_file_allocated_bytes <= max_disk, "{:?}", stats);
+        let du = common::spill_du(&dump);
+        prop_assert!(
+            du <= stats.spill_file_allocated_bytes,
+            "du {} {:?}",
+            du,
+            stats
+        );
+    }
+    for (k, v) in &model {
+        let got = store.get(k).unwrap();
+        prop_assert_eq!(got.as_deref(), Some(&v[..]));
+    }
+    for k in model.keys() {
+        prop_assert!(store.remove(k).unwrap());
+    }
+    let stats = store.stats();
+    prop_assert_eq!(stats.spill_file_allocated_bytes, 0);
+    prop_assert_eq!(common::data_files(&dump), Vec::<String>::new());
+    let _ = refusals;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_disk_budget_never_loses_or_alters_values(
+        max_size in 1u64..2000,
+        max_disk in 1u64..40_000,
+        shards in prop_oneof![Just(1usize), Just(2), Just(4)],
+        ops in proptest::collection::vec(op(3000), 1..80),
+    ) {
+        run_with_disk_budget(ops, max_size, max_disk, shards)?;
+    }
+}

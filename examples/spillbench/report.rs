@@ -2,6 +2,7 @@
 //! a JSON document (`--json`).
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -33,6 +34,8 @@ pub(crate) struct Params {
     pub(crate) shards: Option<usize>,
     /// `Builder::max_object_size`, if overridden.
     pub(crate) max_object_size: Option<u64>,
+    /// `Builder::max_open_files`, if overridden.
+    pub(crate) max_open_files: Option<usize>,
     /// Where the spill files went.
     pub(crate) dump_dir: String,
     /// Whether `dump_dir` is a temporary directory created for this run.
@@ -68,6 +71,8 @@ pub(crate) struct Counters {
     pub(crate) reloaded_bytes: u64,
     /// Evictions that reused a copy already on disk.
     pub(crate) respills: u64,
+    /// Value bytes moved by compaction (written again).
+    pub(crate) compacted_bytes: u64,
 }
 
 impl Counters {
@@ -81,6 +86,7 @@ impl Counters {
             spilled_bytes: stats.spilled_bytes,
             reloaded_bytes: stats.reloaded_bytes,
             respills: stats.respills,
+            compacted_bytes: stats.compacted_bytes,
         }
     }
 
@@ -95,6 +101,7 @@ impl Counters {
             spilled_bytes: self.spilled_bytes.saturating_sub(earlier.spilled_bytes),
             reloaded_bytes: self.reloaded_bytes.saturating_sub(earlier.reloaded_bytes),
             respills: self.respills.saturating_sub(earlier.respills),
+            compacted_bytes: self.compacted_bytes.saturating_sub(earlier.compacted_bytes),
         }
     }
 
@@ -110,6 +117,7 @@ impl Counters {
             "reloaded_bytes": self.reloaded_bytes,
             "reload_mb_per_s": mb_per_s(self.reloaded_bytes, secs),
             "respills": self.respills,
+            "compacted_bytes": self.compacted_bytes,
         })
     }
 }
@@ -134,6 +142,15 @@ impl Phase {
         self.gets_memory + self.gets_reload + self.inserts
     }
 
+    /// Bytes written to spill files (spills and compaction) per byte
+    /// inserted; `None` without inserts.
+    fn write_amplification(&self, value_size: u64) -> Option<f64> {
+        let inserted = self.inserts * value_size;
+        (inserted > 0).then(|| {
+            (self.store.spilled_bytes + self.store.compacted_bytes) as f64 / inserted as f64
+        })
+    }
+
     /// JSON rendering; `value_size` turns operation counts into bytes.
     fn json(&self, value_size: u64) -> Value {
         let gets = self.gets_memory + self.gets_reload;
@@ -147,6 +164,7 @@ impl Phase {
             "gets_reload": self.gets_reload,
             "memory_hit_ratio": ratio(self.gets_memory, gets),
             "inserts": self.inserts,
+            "write_amplification": self.write_amplification(value_size),
             "store": self.store.json(self.secs),
         })
     }
@@ -202,29 +220,106 @@ impl Latency {
     }
 }
 
-/// Largest values of the store's gauges seen by the monitor.
+/// Largest values of the store's gauges seen by the monitor, and what the
+/// dump dir occupied on disk (`du`) at each sample.
 #[derive(Default)]
 pub(crate) struct Peaks {
     /// Largest `memory_bytes`.
     pub(crate) memory_bytes: u64,
     /// Largest `disk_bytes`.
     pub(crate) disk_bytes: u64,
-    /// Largest `spill_file_bytes`.
+    /// Largest `spill_file_bytes` (apparent lengths).
     pub(crate) spill_file_bytes: u64,
+    /// Largest `spill_file_allocated_bytes` (the store's count of what its
+    /// files occupy).
+    pub(crate) spill_file_allocated_bytes: u64,
     /// Largest `spill_files`.
     pub(crate) spill_files: usize,
     /// Number of `stats()` samples taken.
     pub(crate) samples: u64,
+    /// The dump dir whose files are measured, if any.
+    dir: Option<PathBuf>,
+    /// Whether samples now belong to the mixed phase.
+    pub(crate) in_mixed: bool,
+    /// `du` samples over the whole run.
+    pub(crate) du: DuSamples,
+    /// `du` samples of the mixed phase only.
+    pub(crate) du_mixed: DuSamples,
+}
+
+/// `du` of the dump dir against the live records it must hold.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DuSamples {
+    /// Samples taken.
+    pub(crate) count: u64,
+    /// Largest `du`.
+    pub(crate) peak: u64,
+    /// The sample with the largest `du / live` ratio: (du, live).
+    pub(crate) worst: (u64, u64),
+    /// Samples with `du > 1.25 x live + 16 MiB` (the issue's goal).
+    pub(crate) over_goal: u64,
+}
+
+impl DuSamples {
+    fn observe(&mut self, du: u64, live: u64) {
+        self.count += 1;
+        self.peak = self.peak.max(du);
+        let ratio = |(d, l): (u64, u64)| d as f64 / l.max(1) as f64;
+        if ratio((du, live)) > ratio(self.worst) {
+            self.worst = (du, live);
+        }
+        if du as f64 > 1.25 * live as f64 + (16 << 20) as f64 {
+            self.over_goal += 1;
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "samples": self.count,
+            "peak_du": self.peak,
+            "worst_du": self.worst.0,
+            "worst_live": self.worst.1,
+            "samples_over_goal": self.over_goal,
+        })
+    }
+}
+
+/// What the files in `dir` occupy on disk (`st_blocks`, as `du` counts).
+fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    })
 }
 
 impl Peaks {
+    /// Peaks that also sample `du` of `dir`'s files.
+    pub(crate) fn new(dir: Option<&Path>) -> Self {
+        Peaks {
+            dir: dir.map(Path::to_path_buf),
+            ..Peaks::default()
+        }
+    }
+
     /// Folds one stats snapshot into the peaks.
     pub(crate) fn observe(&mut self, stats: &Stats) {
         self.memory_bytes = self.memory_bytes.max(stats.memory_bytes);
         self.disk_bytes = self.disk_bytes.max(stats.disk_bytes);
         self.spill_file_bytes = self.spill_file_bytes.max(stats.spill_file_bytes);
+        self.spill_file_allocated_bytes = self
+            .spill_file_allocated_bytes
+            .max(stats.spill_file_allocated_bytes);
         self.spill_files = self.spill_files.max(stats.spill_files);
         self.samples += 1;
+        if let Some(dir) = &self.dir {
+            let du = du(dir);
+            self.du.observe(du, stats.spill_live_bytes);
+            if self.in_mixed {
+                self.du_mixed.observe(du, stats.spill_live_bytes);
+            }
+        }
     }
 }
 
@@ -242,8 +337,18 @@ pub(crate) struct Gauges {
     pub(crate) disk_bytes: u64,
     /// `spill_file_bytes`.
     pub(crate) spill_file_bytes: u64,
+    /// `spill_file_allocated_bytes`.
+    pub(crate) spill_file_allocated_bytes: u64,
+    /// `spill_live_bytes`.
+    pub(crate) spill_live_bytes: u64,
     /// `spill_files`.
     pub(crate) spill_files: usize,
+    /// `punched_bytes`.
+    pub(crate) punched_bytes: u64,
+    /// `max_disk_size`.
+    pub(crate) max_disk_size: Option<u64>,
+    /// `open_spill_files` and `max_open_spill_files`.
+    pub(crate) open_spill_files: (usize, usize),
 }
 
 impl Gauges {
@@ -256,7 +361,12 @@ impl Gauges {
             memory_bytes: stats.memory_bytes,
             disk_bytes: stats.disk_bytes,
             spill_file_bytes: stats.spill_file_bytes,
+            spill_file_allocated_bytes: stats.spill_file_allocated_bytes,
+            spill_live_bytes: stats.spill_live_bytes,
             spill_files: stats.spill_files,
+            punched_bytes: stats.punched_bytes,
+            max_disk_size: stats.max_disk_size,
+            open_spill_files: (stats.open_spill_files, stats.max_open_spill_files),
         }
     }
 }
@@ -304,6 +414,7 @@ impl Report {
                 "exact_lru": p.exact_lru,
                 "shards": p.shards,
                 "max_object_size": p.max_object_size,
+                "max_open_files": p.max_open_files,
                 "dump_dir": p.dump_dir,
                 "temporary_dump_dir": p.temporary_dir,
                 "verify_full": p.verify_full,
@@ -316,8 +427,13 @@ impl Report {
                 "memory_bytes": self.peaks.memory_bytes,
                 "disk_bytes": self.peaks.disk_bytes,
                 "spill_file_bytes": self.peaks.spill_file_bytes,
+                "spill_file_allocated_bytes": self.peaks.spill_file_allocated_bytes,
                 "spill_files": self.peaks.spill_files,
                 "samples": self.peaks.samples,
+            },
+            "du": {
+                "run": self.peaks.du.json(),
+                "mixed": self.peaks.du_mixed.json(),
             },
             "final_check": {
                 "keys_verified": p.keys,
@@ -330,7 +446,13 @@ impl Report {
                 "memory_bytes": self.end.memory_bytes,
                 "disk_bytes": self.end.disk_bytes,
                 "spill_file_bytes": self.end.spill_file_bytes,
+                "spill_file_allocated_bytes": self.end.spill_file_allocated_bytes,
+                "spill_live_bytes": self.end.spill_live_bytes,
                 "spill_files": self.end.spill_files,
+                "punched_bytes": self.end.punched_bytes,
+                "max_disk_size": self.end.max_disk_size,
+                "open_spill_files": self.end.open_spill_files.0,
+                "max_open_spill_files": self.end.open_spill_files.1,
             },
         })
     }
@@ -364,9 +486,11 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  store           shards {}, max object size {}, {}",
+            "  store           shards {}, max object size {}, max open files {}, {}",
             p.shards.map_or("default".to_owned(), |s| s.to_string()),
             p.max_object_size.map_or("default".to_owned(), format_size),
+            p.max_open_files
+                .map_or("default".to_owned(), |n| n.to_string()),
             if p.exact_lru {
                 "exact LRU"
             } else {
@@ -484,26 +608,67 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "peak            memory {}{over}, on disk {}, spill files {} in {} ({} samples)",
+            "peak            memory {}{over}, on disk {}, spill files {} in {} occupying {} ({} samples)",
             format_size(self.peaks.memory_bytes),
             format_size(self.peaks.disk_bytes),
             format_size(self.peaks.spill_file_bytes),
             self.peaks.spill_files,
+            format_size(self.peaks.spill_file_allocated_bytes),
             self.peaks.samples
         );
         let e = &self.end;
         let _ = writeln!(
             o,
             "end             {} entries ({} in memory, {} on disk), memory {}, on disk {}, \
-             spill files {} in {}",
+             spill files {} in {} occupying {} (live records {}), {} open of {}",
             e.entries,
             e.memory_entries,
             e.disk_entries,
             format_size(e.memory_bytes),
             format_size(e.disk_bytes),
             format_size(e.spill_file_bytes),
-            e.spill_files
+            e.spill_files,
+            format_size(e.spill_file_allocated_bytes),
+            format_size(e.spill_live_bytes),
+            e.open_spill_files.0,
+            e.open_spill_files.1
         );
+        let budget = e.max_disk_size.map_or("none".to_owned(), format_size);
+        let _ = writeln!(
+            o,
+            "disk            budget {budget}, holes punched {}",
+            format_size(e.punched_bytes)
+        );
+        for (name, d) in [
+            ("du (run)", &self.peaks.du),
+            ("du (mixed)", &self.peaks.du_mixed),
+        ] {
+            if d.count == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "{name:<16}peak {}; worst sample {} for {} of live records ({:.2}x); \
+                 {} of {} samples above 1.25 x live + 16 MiB",
+                format_size(d.peak),
+                format_size(d.worst.0),
+                format_size(d.worst.1),
+                d.worst.0 as f64 / d.worst.1.max(1) as f64,
+                d.over_goal,
+                d.count
+            );
+        }
+        for (name, ph) in [("load", &self.load), ("mixed", &self.mixed)] {
+            if let Some(amp) = ph.write_amplification(p.value_size) {
+                let _ = writeln!(
+                    o,
+                    "write amp {name:<6}{amp:.2} (spilled {} + compacted {} per {} inserted)",
+                    format_size(ph.store.spilled_bytes),
+                    format_size(ph.store.compacted_bytes),
+                    format_size(ph.inserts * p.value_size)
+                );
+            }
+        }
         let _ = writeln!(
             o,
             "final check     all {} keys hold their latest version, every byte verified ({:.2} s)",

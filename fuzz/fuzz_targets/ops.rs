@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use spillstore::{Error, LimitKind, Location, SpillStore};
+use spillstore::{Bytes, Error, LimitKind, Location, SpillStore};
 
 use common::{spill_files, value};
 
@@ -46,6 +46,8 @@ struct Input {
     /// `4096..=65536`.
     segment_size: u16,
     max_object_size: Option<u16>,
+    /// `max_disk_size`: `1..=65536` bytes, or none.
+    max_disk_size: Option<u16>,
     ops: Vec<Op>,
 }
 
@@ -62,6 +64,10 @@ struct Checker {
     hits: u64,
     misses: u64,
     reloads: u64,
+    /// The disk budget, if any (see the "disk budget" block below).
+    max_disk_size: Option<u64>,
+    /// Values returned by gets, held across later operations.
+    held: Vec<(usize, Bytes, Vec<u8>)>,
 }
 
 impl Checker {
@@ -115,6 +121,11 @@ impl Checker {
                     "step {step}: wrong ObjectTooLarge"
                 );
             }
+            (None, Err(Error::DiskLimit { needed, available, limit }))
+                if self.max_disk_size.is_some() =>
+            {
+                self.disk_limit_refused(step, key, needed, available, limit);
+            }
             (expected, got) => {
                 panic!("step {step}: insert of {len} bytes: expected too-large {expected:?}, got {got:?}")
             }
@@ -144,6 +155,7 @@ impl Checker {
                     bytes.as_ref() == want.as_slice(),
                     "step {step}: get({key}) returned wrong bytes"
                 );
+                self.hold(step, &bytes, want);
                 assert_eq!(
                     Some(from),
                     before,
@@ -155,7 +167,9 @@ impl Checker {
                 }
                 let len = want.len() as u64;
                 let after = self.store.location(&key);
-                if len <= self.always_resident {
+                // Under a disk budget, bringing a value back may find no room
+                // to spill others: it is then served from disk and stays there.
+                if len <= self.always_resident && self.max_disk_size.is_none() {
                     assert_eq!(
                         after,
                         Some(Location::Memory),
@@ -269,6 +283,67 @@ impl Checker {
                 "step {step}: empty store keeps spill files {files:?}"
             );
         }
+        self.check_disk_budget(step);
+        self.check_held(step);
+    }
+}
+
+// Values handed out stay intact whatever happens to their keys later
+// (removes, replaces, compaction punching holes in their files).
+impl Checker {
+    fn hold(&mut self, step: usize, bytes: &Bytes, want: &[u8]) {
+        if self.held.len() == 16 {
+            self.held.swap_remove(step % 16);
+        }
+        self.held.push((step, bytes.clone(), want.to_vec()));
+    }
+
+    fn check_held(&self, step: usize) {
+        for (got_at, bytes, want) in &self.held {
+            assert!(
+                bytes.as_ref() == want.as_slice(),
+                "step {step}: a value returned at step {got_at} changed"
+            );
+        }
+    }
+}
+
+// The disk budget: a refused insert changes nothing, and the spill files
+// never occupy more than the budget, by the store's count or by `du`.
+impl Checker {
+    fn disk_limit_refused(&self, step: usize, key: u16, needed: u64, available: u64, limit: u64) {
+        assert_eq!(Some(limit), self.max_disk_size, "step {step}: DiskLimit's limit");
+        assert!(needed > available, "step {step}: refused {needed} with {available} free");
+        // The old value, if any, stays.
+        assert_eq!(
+            self.store.contains_key(&key),
+            self.model.contains_key(&key),
+            "step {step}: a refused insert of {key} changed the store"
+        );
+    }
+
+    fn check_disk_budget(&self, step: usize) {
+        use std::os::unix::fs::MetadataExt;
+        let s = self.store.stats();
+        assert_eq!(s.max_disk_size, self.max_disk_size, "step {step}: stats.max_disk_size");
+        let du: u64 = spill_files(&self.dump)
+            .iter()
+            .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        assert!(
+            du <= s.spill_file_allocated_bytes,
+            "step {step}: du {du} above the store's count {}",
+            s.spill_file_allocated_bytes
+        );
+        if let Some(limit) = self.max_disk_size {
+            assert!(
+                s.spill_file_allocated_bytes <= limit,
+                "step {step}: {} bytes on disk over the budget of {limit}",
+                s.spill_file_allocated_bytes
+            );
+        }
     }
 }
 
@@ -291,6 +366,10 @@ fuzz_target!(|input: Input| {
     if let Some(m) = max_object_size {
         builder = builder.max_object_size(m);
     }
+    let max_disk_size = input.max_disk_size.map(|d| 1 + u64::from(d));
+    if let Some(d) = max_disk_size {
+        builder = builder.max_disk_size(d);
+    }
     let store = builder.build().expect("valid settings build");
     let n = store.shard_count() as u64;
     assert_eq!(n, shards.next_power_of_two() as u64);
@@ -305,6 +384,8 @@ fuzz_target!(|input: Input| {
         hits: 0,
         misses: 0,
         reloads: 0,
+        max_disk_size,
+        held: Vec::new(),
     };
     c.check(0);
     for (step, op) in input.ops.iter().take(MAX_OPS).enumerate() {

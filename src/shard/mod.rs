@@ -389,6 +389,16 @@ mod tests {
         assert_eq!(crate::lru::slot_size::<Entry<String>>(), 80);
     }
 
+    fn spill_dir(dir: &tempfile::TempDir) -> SpillDir {
+        let config = crate::config::Builder::<String>::new()
+            .max_size(1)
+            .dump_dir("unused")
+            .segment_size(4096)
+            .validate()
+            .unwrap();
+        SpillDir::open(dir.path().join("d"), &config).unwrap()
+    }
+
     /// Frees under the lock are caught: dropping a spill record while the
     /// guard holds the lock panics in debug builds (the guard itself only
     /// ever frees after releasing it, which every other test exercises).
@@ -397,7 +407,7 @@ mod tests {
     #[should_panic(expected = "a spill record was dropped while holding a shard lock")]
     fn dropping_a_record_under_the_lock_panics() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
+        let spill = spill_dir(&dir);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
         let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
         let _guard = shard.write();
@@ -409,7 +419,7 @@ mod tests {
     #[test]
     fn the_guard_frees_after_unlocking() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = SpillDir::open(dir.path().join("d"), 4096).unwrap();
+        let spill = spill_dir(&dir);
         let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
         let mut guard = shard.write();

@@ -3,36 +3,63 @@
 //! - **Naming**: files are named `spill-NNNNNNNN.seg` by a counter, never by
 //!   a key, so no key can reach outside the directory. A name that already
 //!   exists (a leftover, or a planted file or symlink) is skipped, never
-//!   opened.
-//! - **Layout**: small values are appended as records ([`record`]) to shared
-//!   segment files of `segment_size` bytes; a value whose record is larger
-//!   than a quarter of that gets a file of its own. Either way a reload is a
-//!   slice of one shared read-only mapping per file, so there is no mapping
-//!   per value and no system call per reload beyond a length check.
-//! - **Reclaiming space**: a file is deleted as soon as no stored value needs
-//!   it any more and the writer has moved on from it.
-//! - **Exclusivity**: a lock file, `.spillstore.lock`, holds an exclusive
-//!   lock for the store's lifetime, so a second store on the same directory is
-//!   refused.
+//!   opened. Files are created 0600, and a dump dir the store creates 0700:
+//!   spilled values were in the process's memory and stay private.
+//! - **Layout**: every file starts with a 64-byte header ([`record`]: magic,
+//!   number, length, checksum). Small values are appended after it as
+//!   records to shared segment files of `segment_size` bytes; a value whose
+//!   record is larger than a quarter of that gets a file of its own. A
+//!   reload is a length check and a slice of the file's mapping.
+//! - **Space comes back at once** ([`blocks`]): records, readers in flight
+//!   and values handed out as slices of a mapping hold the file-system
+//!   blocks they cover; when the last hold on a block goes (a value removed,
+//!   replaced, brought back without its copy, moved by compaction), a hole
+//!   is punched over it (`fallocate(PUNCH_HOLE)`), so the space returns to
+//!   the file system without waiting for the whole file to empty. A file is
+//!   deleted as soon as no record needs it. Blocks that dead and live
+//!   records share stay until compaction moves the live ones. Where the
+//!   file system cannot punch holes (`EOPNOTSUPP`: some network and older
+//!   file systems), the store stops trying and compaction alone reclaims
+//!   space, as before.
+//! - **A disk budget**: the store counts the blocks its files occupy, as
+//!   `du` does, plus an allowance for the file system's extent maps, and
+//!   prices every write before making it; a write that would go past
+//!   `max_disk_size` is refused whole with [`Error::DiskLimit`].
+//! - **Bounded descriptors** ([`cache`]): at most `max_open_files` files are
+//!   open (descriptor and mapping) at a time; others are reopened, and
+//!   checked to be ours, when needed.
+//! - **No orphans**: when a store opens a dump dir (its lock free, so no
+//!   live store uses it), spill files left by an earlier store that died are
+//!   recognised by their header, not by their name, and deleted.
+//! - **Exclusivity**: a lock file, `.spillstore.lock` (0600), holds an
+//!   exclusive lock for the store's lifetime, so a second store on the same
+//!   directory is refused.
 //!
-//! The only `unsafe` code of the crate, the mapping, lives in [`segment`].
+//! The only `unsafe` code of the crate lives here: the mapping in
+//! [`segment`], `fallocate` and `getrlimit` in [`sys`].
 
+mod blocks;
+mod cache;
 mod record;
 mod segment;
+mod sys;
 
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Mutex;
 use bytes::Bytes;
 
+use cache::FileCache;
+use record::{FILE_HEADER_LEN, HEADER_LEN};
 use segment::Segment;
 pub(crate) use segment::{Record, RecordReader};
 
+use crate::config::Config;
 use crate::error::Error;
 
 /// Name of the lock file inside the dump directory.
@@ -49,38 +76,69 @@ pub(crate) struct SpillDir {
     lock_file_created: bool,
 }
 
-/// What segments need to reach back to: the writer and the counters.
+/// What segments need to reach back to: the writer, the cache and the
+/// counters.
 pub(crate) struct DirShared {
     path: PathBuf,
     /// Device and inode of the directory when it was locked.
     identity: (u64, u64),
     segment_size: u64,
+    /// File-system block size: the unit of allocation and of holes.
+    block: u64,
+    /// `max_disk_size`.
+    limit: Option<u64>,
     writer: Mutex<Writer>,
+    cache: FileCache,
     next_file_number: AtomicU64,
     files: AtomicUsize,
     file_bytes: AtomicU64,
+    /// Bytes the spill files occupy on disk (see [`blocks`]), plus space
+    /// priced for writes in flight. Never above `limit`.
+    allocated: AtomicU64,
     /// Bytes of live records in all files: what compaction could shrink to.
     live_bytes: AtomicU64,
+    /// Cleared when the file system refuses to punch a hole.
+    can_punch: AtomicBool,
+    punched_bytes: AtomicU64,
     compacting: AtomicBool,
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
+    orphans: Orphans,
 }
 
 /// The segment small records are currently appended to.
 #[derive(Default)]
 struct Writer {
     active: Option<Arc<Segment>>,
-    /// Bytes of `active` handed out so far.
+    /// Bytes of `active` handed out so far, its file header included.
     used: u64,
+}
+
+/// Spill files of an earlier store deleted when this one opened the dir.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Orphans {
+    pub(crate) files: u64,
+    /// Bytes they occupied on disk.
+    pub(crate) bytes: u64,
 }
 
 /// How much the dump directory holds.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct DiskUsage {
     pub(crate) files: usize,
+    /// Lengths of the files, added up.
     pub(crate) bytes: u64,
+    /// Bytes they occupy on disk.
+    pub(crate) allocated: u64,
+    /// Bytes of the records still needed, headers included.
+    pub(crate) live: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) punched_bytes: u64,
+    pub(crate) open_files: usize,
+    pub(crate) max_open_files: usize,
     pub(crate) compactions: u64,
     pub(crate) compacted_bytes: u64,
+    pub(crate) orphans: Orphans,
 }
 
 /// Clears the compaction flag when a compaction pass ends.
@@ -101,8 +159,11 @@ impl Drop for CompactionGuard<'_> {
 }
 
 impl SpillDir {
-    /// Opens (creating it if needed) and locks the dump directory at `path`.
-    pub(crate) fn open(path: PathBuf, segment_size: u64) -> Result<Self, Error> {
+    /// Opens (creating it, mode 0700, if needed) and locks the dump
+    /// directory at `path`, then deletes the spill files an earlier store
+    /// left in it. Takes `segment_size`, `max_disk_size` and
+    /// `max_open_files` from `config`.
+    pub(crate) fn open(path: PathBuf, config: &Config) -> Result<Self, Error> {
         match fs::metadata(&path) {
             Ok(m) if !m.is_dir() => {
                 return Err(Error::InvalidConfig(format!(
@@ -112,35 +173,44 @@ impl SpillDir {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&path).map_err(|e| Error::io("creating dump dir", &path, e))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| Error::io("creating dump dir", &path, e))?;
             }
             Err(e) => return Err(Error::io("opening dump dir", &path, e)),
         }
-        let identity = dir_identity(&path).map_err(|e| Error::io("opening dump dir", &path, e))?;
+        let dir_meta = fs::metadata(&path).map_err(|e| Error::io("opening dump dir", &path, e))?;
+        let identity = (dir_meta.dev(), dir_meta.ino());
 
         let lock_path = path.join(LOCK_FILE_NAME);
-        let (lock_file, lock_file_created) = open_lock_file(&lock_path)
-            .map_err(|e| Error::io("opening lock file", &lock_path, e))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::DirLocked { path }),
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("locking dump dir", &lock_path, e))
-            }
-        }
+        let (lock_file, lock_file_created) = lock(&lock_path, &path)?;
+        let orphans = remove_orphans(&path);
+        let block = block_size(dir_meta.blksize());
+        let open_files = config
+            .max_open_files
+            .unwrap_or_else(cache::default_capacity);
         Ok(SpillDir {
             shared: Arc::new(DirShared {
                 path,
                 identity,
-                segment_size,
+                segment_size: config.segment_size,
+                block,
+                limit: config.max_disk_size,
                 writer: Mutex::new(Writer::default()),
+                cache: FileCache::new(open_files),
                 next_file_number: AtomicU64::new(0),
                 files: AtomicUsize::new(0),
                 file_bytes: AtomicU64::new(0),
+                allocated: AtomicU64::new(0),
                 live_bytes: AtomicU64::new(0),
+                can_punch: AtomicBool::new(true),
+                punched_bytes: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
                 compactions: AtomicU64::new(0),
                 compacted_bytes: AtomicU64::new(0),
+                orphans,
             }),
             lock_file,
             lock_file_created,
@@ -152,24 +222,38 @@ impl SpillDir {
         &self.shared.path
     }
 
-    /// Files and bytes the store's spill files occupy now.
+    /// Files and bytes the store's spill files occupy now, and the counters.
     pub(crate) fn usage(&self) -> DiskUsage {
         let shared = &self.shared;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DiskUsage {
             files: shared.files.load(Ordering::Relaxed),
-            bytes: shared.file_bytes.load(Ordering::Relaxed),
-            compactions: shared.compactions.load(Ordering::Relaxed),
-            compacted_bytes: shared.compacted_bytes.load(Ordering::Relaxed),
+            bytes: get(&shared.file_bytes),
+            allocated: get(&shared.allocated),
+            live: get(&shared.live_bytes),
+            limit: shared.limit,
+            punched_bytes: get(&shared.punched_bytes),
+            open_files: shared.cache.open(),
+            max_open_files: shared.cache.capacity(),
+            compactions: get(&shared.compactions),
+            compacted_bytes: get(&shared.compacted_bytes),
+            orphans: shared.orphans,
         }
     }
 
-    /// Starts a compaction pass if the files hold more than twice the live
+    /// Starts a compaction pass if no other pass is running and the files
+    /// are wasteful: their lengths add up to more than twice the live
     /// records' bytes (plus four segments of slack, so small stores do not
-    /// churn) and no other pass is running.
+    /// churn: many sparse files cost descriptors and mappings), or the space
+    /// they occupy on disk does (plus the same slack, or an eighth of
+    /// `max_disk_size` if that is less). Holes return most dead space at
+    /// once; what they cannot (blocks that live and dead records share) is
+    /// what the second test catches.
     ///
-    /// Each pass moves the live records out of sparse segments (sealed and
-    /// at most half live), so it costs at most the live bytes and frees at
-    /// least as much as it moves: amortized, a constant factor on spills.
+    /// Each pass moves the live records out of sparse segments (sealed, and
+    /// at most half live by length or by space on disk), so it costs at most
+    /// the live bytes and frees at least as much as it moves: amortized, a
+    /// constant factor on spills.
     pub(crate) fn start_compaction(&self, force: bool) -> Option<CompactionGuard<'_>> {
         let shared = &self.shared;
         if !(force || self.compaction_due()) || shared.compacting.swap(true, Ordering::AcqRel) {
@@ -178,22 +262,58 @@ impl SpillDir {
         Some(CompactionGuard(shared))
     }
 
-    /// Whether the files hold more than twice the live records' bytes, plus
-    /// four segments of slack: two relaxed loads, cheap enough for every
-    /// insert and remove to ask.
+    /// Whether the files' lengths exceed twice the live records' bytes plus
+    /// four segments of slack, or their allocated blocks exceed twice the
+    /// live bytes plus that slack (an eighth of the disk budget at most):
+    /// a few relaxed loads, cheap enough for every insert and remove to ask.
     pub(crate) fn compaction_due(&self) -> bool {
         let shared = &self.shared;
         let files = shared.file_bytes.load(Ordering::Relaxed);
-        let live = shared.live_bytes.load(Ordering::Relaxed);
+        let allocated = shared.allocated.load(Ordering::Relaxed);
+        let live = shared.live_bytes.load(Ordering::Relaxed).saturating_mul(2);
         let slack = shared.segment_size.saturating_mul(4);
-        files > live.saturating_mul(2).saturating_add(slack)
+        let disk_slack = shared.limit.map_or(slack, |l| slack.min(l / 8));
+        files > live.saturating_add(slack) || allocated > live.saturating_add(disk_slack)
+    }
+
+    /// Bytes that dropping `records` would return to the file system at
+    /// once: the whole file where no other record, reader or handed-out
+    /// value needs it, else the blocks only these records hold (if holes
+    /// can be punched). For a caller deciding which disk copies to give up
+    /// when a write meets [`Error::DiskLimit`].
+    // For the shard's side of the disk budget; only tests call it yet.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn freed_by_dropping(&self, records: &[&Record]) -> u64 {
+        let can_punch = self.shared.can_punch.load(Ordering::Relaxed);
+        // Each segment, with the (offset, length) of its records in the set.
+        type Ranges<'a> = (&'a Arc<Segment>, Vec<(u64, u64)>);
+        let mut by_segment: Vec<Ranges<'_>> = Vec::new();
+        for record in records {
+            let range = (record.offset(), record.record_len());
+            match by_segment
+                .iter_mut()
+                .find(|(s, _)| Arc::ptr_eq(s, record.segment()))
+            {
+                Some((_, ranges)) => ranges.push(range),
+                None => by_segment.push((record.segment(), vec![range])),
+            }
+        }
+        by_segment
+            .iter()
+            .map(|(segment, ranges)| segment.freed_by_releasing(ranges, can_punch))
+            .sum()
     }
 
     /// Writes each value as a checksummed record and returns the records in
     /// the same order.
     ///
-    /// On error nothing is returned: space reserved for the batch is released
-    /// and a file created for it alone is deleted.
+    /// # Errors
+    ///
+    /// `DiskLimit` when the records would take the spill files past
+    /// `max_disk_size`: nothing is reserved or written. `Io` when a file
+    /// cannot be created or written. On error nothing is returned: space
+    /// reserved for the batch is released and a file created for it alone is
+    /// deleted.
     pub(crate) fn write(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
         let records = self.reserve(values)?;
         let mut batch: Vec<u8> = Vec::new();
@@ -233,42 +353,87 @@ impl SpillDir {
 
     /// Places each value: small records in the active segment (rolling over
     /// to a new one when it is full), large ones in files of their own.
+    ///
+    /// The batch is priced first, with the writer's lock held so the price
+    /// stays exact, and the space is taken from the budget in one step; then
+    /// the records are placed, and what they added to the files' footprints
+    /// adds up to the price.
     fn reserve(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
         let shared = &self.shared;
-        let mut records = Vec::with_capacity(values.len());
-        let mut large = Vec::new();
-        {
-            let mut writer = shared.writer.lock();
-            for (i, value) in values.iter().enumerate() {
-                let len = record::HEADER_LEN + value.len() as u64;
-                if len > shared.segment_size / 4 {
-                    large.push(i);
-                    records.push(None);
+        let lens: Vec<u64> = values.iter().map(|v| HEADER_LEN + v.len() as u64).collect();
+        let is_large = |len: u64| len > shared.segment_size / 4;
+        let mut records: Vec<Option<Record>> = values.iter().map(|_| None).collect();
+        let mut writer = shared.writer.lock();
+        let price = {
+            let mut price = 0;
+            let mut end = writer.active.as_ref().map(|_| writer.used);
+            for &len in &lens {
+                if is_large(len) {
+                    price += blocks::sequential_file_cost(FILE_HEADER_LEN + len, shared.block);
                     continue;
                 }
-                let fits = writer
-                    .active
-                    .as_ref()
-                    .is_some_and(|s| writer.used + len <= s.size());
+                let e = match end {
+                    Some(e) if e + len <= shared.segment_size => e,
+                    _ => {
+                        price += blocks::append_cost(0, FILE_HEADER_LEN, shared.block);
+                        FILE_HEADER_LEN
+                    }
+                };
+                price += blocks::append_cost(e, len, shared.block);
+                end = Some(e + len);
+            }
+            price
+        };
+        shared.take_space(price)?;
+        let mut placed = 0;
+        let mut place_small = || -> Result<(), Error> {
+            for (i, &len) in lens.iter().enumerate() {
+                if is_large(len) {
+                    continue;
+                }
+                let fits = writer.active.is_some() && writer.used + len <= shared.segment_size;
                 if !fits {
                     let segment = shared.create_segment(shared.segment_size, false)?;
+                    placed += segment.accounted();
                     // Dropping the old active segment deletes it if nothing needs it.
                     if let Some(old) = writer.active.replace(segment) {
                         old.seal();
                     }
-                    writer.used = 0;
+                    writer.used = FILE_HEADER_LEN;
                 }
                 let segment = writer.active.clone().expect("an active segment");
-                records.push(Some(Record::new(segment, writer.used, len)));
+                let (record, cost) = segment.place(writer.used, len);
+                placed += cost;
                 writer.used += len;
+                records[i] = Some(record);
             }
+            Ok(())
+        };
+        let small = place_small();
+        drop(writer);
+        let result = small.and_then(|()| {
+            for (i, &len) in lens.iter().enumerate().filter(|&(_, &len)| is_large(len)) {
+                let segment = shared.create_segment(FILE_HEADER_LEN + len, true)?;
+                placed += segment.accounted();
+                segment.seal();
+                records[i] = Some(segment.place(FILE_HEADER_LEN, len).0);
+            }
+            Ok(())
+        });
+        // What was priced but not placed (all of it is placed, unless a file
+        // could not be created) goes back to the budget. Placed records
+        // dropped on error give their blocks back themselves.
+        debug_assert!(
+            result.is_err() || placed == price,
+            "priced {price}, placed {placed}"
+        );
+        shared
+            .allocated
+            .fetch_sub(price.saturating_sub(placed), Ordering::AcqRel);
+        if placed > price {
+            shared.allocated.fetch_add(placed - price, Ordering::AcqRel);
         }
-        for i in large {
-            let len = record::HEADER_LEN + values[i].len() as u64;
-            let segment = shared.create_segment(len, true)?;
-            segment.seal();
-            records[i] = Some(Record::new(segment, 0, len));
-        }
+        result?;
         Ok(records.into_iter().map(|r| r.expect("placed")).collect())
     }
 }
@@ -285,8 +450,38 @@ impl Drop for SpillDir {
 }
 
 impl DirShared {
+    /// Takes `bytes` from the disk budget, or refuses with `DiskLimit`
+    /// taking nothing.
+    fn take_space(&self, bytes: u64) -> Result<(), Error> {
+        let Some(limit) = self.limit else {
+            self.allocated.fetch_add(bytes, Ordering::AcqRel);
+            return Ok(());
+        };
+        let mut current = self.allocated.load(Ordering::Acquire);
+        loop {
+            let total = current.saturating_add(bytes);
+            if total > limit {
+                return Err(Error::DiskLimit {
+                    needed: bytes,
+                    available: limit.saturating_sub(current),
+                    limit,
+                });
+            }
+            match self.allocated.compare_exchange_weak(
+                current,
+                total,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(now) => current = now,
+            }
+        }
+    }
+
     /// Creates a new spill file of `size` bytes under a fresh name; a
-    /// `dedicated` one will hold a single record.
+    /// `dedicated` one will hold a single record. Its footprint is counted
+    /// by the caller, which priced it.
     fn create_segment(self: &Arc<Self>, size: u64, dedicated: bool) -> Result<Arc<Segment>, Error> {
         if !self.dir_is_ours() {
             return Err(Error::io(
@@ -298,16 +493,16 @@ impl DirShared {
                 ),
             ));
         }
-        let weak: Weak<DirShared> = Arc::downgrade(self);
         let mut attempts = 0;
         loop {
             let n = self.next_file_number.fetch_add(1, Ordering::Relaxed);
             let path = self.path.join(format!("spill-{n:08}.seg"));
-            match Segment::create(path.clone(), n, size, dedicated, weak.clone()) {
+            match Segment::create(path.clone(), n, size, dedicated, self) {
                 Ok(segment) => {
                     self.files.fetch_add(1, Ordering::Relaxed);
                     self.file_bytes.fetch_add(size, Ordering::Relaxed);
-                    return Ok(Arc::new(segment));
+                    self.cache.admit(Arc::downgrade(&segment));
+                    return Ok(segment);
                 }
                 // Someone else's file: leave it alone and take the next name.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 1000 => {
@@ -336,9 +531,15 @@ impl DirShared {
         drop(retired);
     }
 
-    fn segment_dropped(&self, size: u64) {
+    /// Counts out a deleted segment of `size` bytes that occupied
+    /// `allocated` bytes on disk.
+    fn segment_dropped(&self, size: u64, allocated: u64, was_open: bool) {
         self.files.fetch_sub(1, Ordering::Relaxed);
         self.file_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.allocated.fetch_sub(allocated, Ordering::AcqRel);
+        if was_open {
+            self.cache.closed();
+        }
     }
 
     /// Whether the dump dir path still names the directory we locked.
@@ -352,13 +553,59 @@ fn dir_identity(path: &Path) -> io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-/// Opens the lock file, creating it if needed; says whether it was created.
-/// A symlink in its place is refused rather than followed.
+/// The allocation unit to count in: the file system's preferred block size
+/// if it is a sensible power of two, else 4 KiB.
+fn block_size(blksize: u64) -> u64 {
+    if blksize.is_power_of_two() && (512..=1 << 20).contains(&blksize) {
+        blksize
+    } else {
+        4096
+    }
+}
+
+/// Opens and locks the lock file; says whether we created it.
+///
+/// After locking, the path must still name the file locked: a store that
+/// was just dropped deletes its lock file, and a lock taken on the deleted
+/// file would lock nothing.
+fn lock(lock_path: &Path, dir: &Path) -> Result<(File, bool), Error> {
+    for _ in 0..100 {
+        let (lock_file, created) =
+            open_lock_file(lock_path).map_err(|e| Error::io("opening lock file", lock_path, e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::DirLocked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io("locking dump dir", lock_path, e))
+            }
+        }
+        let locked = lock_file.metadata().map(|m| (m.dev(), m.ino()));
+        let named = fs::symlink_metadata(lock_path).map(|m| (m.dev(), m.ino()));
+        if let (Ok(locked), Ok(named)) = (locked, named) {
+            if locked == named {
+                return Ok((lock_file, created));
+            }
+        }
+    }
+    Err(Error::io(
+        "locking dump dir",
+        lock_path,
+        io::Error::other("the lock file keeps being replaced"),
+    ))
+}
+
+/// Opens the lock file, creating it (mode 0600) if needed; says whether it
+/// was created. A symlink in its place is refused rather than followed.
 fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
     match OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
     {
         Ok(f) => Ok((f, true)),
@@ -375,13 +622,78 @@ fn open_lock_file(path: &Path) -> io::Result<(File, bool)> {
     }
 }
 
+/// Deletes the spill files an earlier store left in `dir` (it died without
+/// cleaning up: the lock we hold was free). A file counts as one only if it
+/// is a regular file named `spill-<digits>.seg` whose content starts with a
+/// valid spill file header naming the same number: a foreign file under such
+/// a name stays. Errors on single files leave those files alone.
+fn remove_orphans(dir: &Path) -> Orphans {
+    let mut orphans = Orphans::default();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return orphans;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("spill-")?.strip_suffix(".seg"))
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else { continue };
+        let mut header = [0u8; FILE_HEADER_LEN as usize];
+        if !meta.is_file()
+            || file.read_exact_at(&mut header, 0).is_err()
+            || record::check_file_header(&header, number).is_err()
+        {
+            continue;
+        }
+        // Delete the file we checked, not one put under its name since.
+        let same = fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == meta.ino());
+        if same && fs::remove_file(&path).is_ok() {
+            orphans.files += 1;
+            orphans.bytes += meta.blocks() * 512;
+        }
+    }
+    orphans
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Builder;
+
+    fn config(segment_size: u64, max_disk_size: Option<u64>, open_files: Option<usize>) -> Config {
+        let mut b = Builder::<String>::new()
+            .max_size(1)
+            .dump_dir("unused")
+            .segment_size(segment_size);
+        if let Some(m) = max_disk_size {
+            b = b.max_disk_size(m);
+        }
+        if let Some(n) = open_files {
+            b = b.max_open_files(n);
+        }
+        b.validate().unwrap()
+    }
 
     fn dir() -> (tempfile::TempDir, SpillDir) {
+        dir_with(config(4096, None, None))
+    }
+
+    fn dir_with(config: Config) -> (tempfile::TempDir, SpillDir) {
         let tmp = tempfile::tempdir().unwrap();
-        let spill = SpillDir::open(tmp.path().join("d"), 4096).unwrap();
+        let spill = SpillDir::open(tmp.path().join("d"), &config).unwrap();
         (tmp, spill)
     }
 
@@ -391,6 +703,15 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| Bytes::from(vec![i as u8 ^ 0x5a; n]))
             .collect()
+    }
+
+    /// What the spill files occupy on disk, as `du` counts it.
+    #[cfg(not(miri))]
+    fn du(tmp: &tempfile::TempDir) -> u64 {
+        fs::read_dir(tmp.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+            .sum()
     }
 
     #[test]
@@ -423,9 +744,27 @@ mod tests {
         records.truncate(20);
         assert!(spill.usage().files < files, "full segments were deleted");
         records.clear();
-        assert_eq!(spill.usage().files, 0, "the active segment is retired");
-        assert_eq!(spill.usage().bytes, 0);
+        let usage = spill.usage();
+        assert_eq!(usage.files, 0, "the active segment is retired");
+        assert_eq!((usage.bytes, usage.allocated, usage.live), (0, 0, 0));
         assert_eq!(listing(), 1);
+    }
+
+    #[test]
+    fn every_file_starts_with_its_header_and_is_private() {
+        let (tmp, spill) = dir();
+        let _records = spill.write(&values(&[100, 3000])).unwrap();
+        let d = tmp.path().join("d");
+        assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        for n in 0..2u64 {
+            let path = d.join(format!("spill-{n:08}.seg"));
+            let data = fs::read(&path).unwrap();
+            let header = &data[..FILE_HEADER_LEN as usize];
+            assert_eq!(record::check_file_header(header, n), Ok(()));
+            assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        }
+        let lock = fs::metadata(d.join(LOCK_FILE_NAME)).unwrap();
+        assert_eq!(lock.mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -435,11 +774,12 @@ mod tests {
         let records = spill.write(&vals).unwrap();
         assert_eq!(records[0].reader().read_copy().unwrap(), vals[0]);
         let path = tmp.path().join("d").join("spill-00000000.seg");
+        // The first record is 64..196, the second 196..328.
         OpenOptions::new()
             .write(true)
             .open(path)
             .unwrap()
-            .set_len(140)
+            .set_len(204)
             .unwrap();
         assert!(records[0].reader().read_copy().is_ok());
         let second = records[1].reader().read_mapped();
@@ -458,7 +798,7 @@ mod tests {
             .write(true)
             .open(path)
             .unwrap()
-            .set_len(92)
+            .set_len(FILE_HEADER_LEN + 92)
             .unwrap();
         assert_eq!(first[0].reader().read_copy().unwrap(), values(&[60])[0]);
         let later = spill.write(&values(&[0, 60])).unwrap();
@@ -468,9 +808,166 @@ mod tests {
     #[test]
     fn a_second_open_of_the_same_dir_is_refused() {
         let (tmp, spill) = dir();
-        let again = SpillDir::open(tmp.path().join("d"), 4096);
+        let again = SpillDir::open(tmp.path().join("d"), &config(4096, None, None));
         assert!(matches!(again, Err(Error::DirLocked { .. })));
         drop(spill);
-        SpillDir::open(tmp.path().join("d"), 4096).unwrap();
+        SpillDir::open(tmp.path().join("d"), &config(4096, None, None)).unwrap();
+    }
+
+    /// Five 12 KiB records in a 64 KiB segment: dropping the middle three
+    /// returns the blocks only they covered, at once.
+    #[test]
+    fn dropped_records_give_their_blocks_back() {
+        let (tmp, spill) = dir_with(config(64 << 10, None, None));
+        let vals = values(&[12 << 10; 5]);
+        let mut records: Vec<Option<Record>> =
+            spill.write(&vals).unwrap().into_iter().map(Some).collect();
+        let before = spill.usage().allocated;
+        // Header and records: 64 + 5 * (12 KiB + 32) bytes, in 16 blocks,
+        // and one block of allowance for the extent map (see `blocks`).
+        assert_eq!(before, 17 * 4096);
+        #[cfg(not(miri))]
+        assert_eq!(du(&tmp), before - 4096);
+        for r in &mut records[1..4] {
+            r.take();
+        }
+        // Records 1..4 span bytes 12384..49344: blocks 4..=11 are theirs alone.
+        let usage = spill.usage();
+        assert_eq!(usage.allocated, before - 8 * 4096);
+        assert_eq!(usage.punched_bytes, 8 * 4096);
+        #[cfg(not(miri))]
+        assert_eq!(du(&tmp), usage.allocated - 4096);
+        for (r, v) in records.iter().zip(&vals) {
+            if let Some(r) = r {
+                assert_eq!(r.reader().read_copy().unwrap(), v);
+            }
+        }
+        let _ = tmp;
+    }
+
+    /// A value handed out as a slice of the mapping, and a reader in flight,
+    /// hold their record's blocks: no hole is punched under them.
+    #[test]
+    fn held_values_and_readers_keep_their_bytes() {
+        let (_tmp, spill) = dir_with(config(64 << 10, None, None));
+        let vals = values(&[12 << 10; 4]);
+        let mut records: Vec<Option<Record>> =
+            spill.write(&vals).unwrap().into_iter().map(Some).collect();
+        let held = records[1].as_ref().unwrap().reader().read_mapped().unwrap();
+        let reader = records[2].as_ref().unwrap().reader();
+        let before = spill.usage().allocated;
+        records[1].take();
+        records[2].take();
+        // (Under Miri values are read, not mapped: a copy holds nothing.)
+        #[cfg(not(miri))]
+        assert_eq!(spill.usage().allocated, before, "all still held");
+        assert_eq!(held, vals[1]);
+        assert_eq!(reader.read_copy().unwrap(), vals[2]);
+        drop(reader);
+        drop(held);
+        assert!(spill.usage().allocated < before);
+        assert_eq!(
+            records[0].as_ref().unwrap().reader().read_copy().unwrap(),
+            vals[0]
+        );
+    }
+
+    #[test]
+    fn a_write_past_the_disk_limit_is_refused_whole() {
+        let limit = 40 << 10;
+        let (_tmp, spill) = dir_with(config(64 << 10, Some(limit), None));
+        let mut kept = Vec::new();
+        let err = loop {
+            match spill.write(&values(&[3000, 5000])) {
+                Ok(records) => kept.extend(records),
+                Err(e) => break e,
+            }
+            assert!(spill.usage().allocated <= limit);
+        };
+        let Error::DiskLimit {
+            needed,
+            available,
+            limit: l,
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(l, limit);
+        assert!(needed > available, "{needed} {available}");
+        let usage = spill.usage();
+        assert_eq!(usage.allocated, limit - available, "nothing reserved");
+        // Room comes back as records go.
+        kept.truncate(kept.len() - 4);
+        spill.write(&values(&[3000, 5000])).unwrap();
+        assert!(spill.usage().allocated <= limit);
+        // A value that can never fit.
+        let huge = spill.write(&values(&[limit as usize]));
+        assert!(
+            matches!(huge, Err(Error::DiskLimit { .. })),
+            "{:?}",
+            huge.err()
+        );
+    }
+
+    #[test]
+    fn freed_by_dropping_predicts_what_dropping_frees() {
+        let (_tmp, spill) = dir_with(config(64 << 10, None, None));
+        let mut records = spill.write(&values(&[12 << 10; 5])).unwrap();
+        let big = spill.write(&values(&[40 << 10])).unwrap();
+        let predicted = spill.freed_by_dropping(&[&records[1], &records[2], &big[0]]);
+        let before = spill.usage().allocated;
+        drop(records.drain(1..3));
+        drop(big);
+        assert_eq!(spill.usage().allocated, before - predicted);
+        assert!(predicted > (40 << 10), "{predicted}");
+    }
+
+    /// With one open file allowed, every read of another file reopens it;
+    /// a file replaced while closed is refused, never read.
+    #[test]
+    fn closed_files_are_reopened_and_checked() {
+        let (tmp, spill) = dir_with(config(4096, None, Some(1)));
+        let vals = values(&[2000, 2100, 2200]);
+        let records = spill.write(&vals).unwrap();
+        assert_eq!(spill.usage().files, 3);
+        for _ in 0..2 {
+            for (r, v) in records.iter().zip(&vals) {
+                assert_eq!(r.reader().read_copy().unwrap(), v);
+                assert_eq!(r.reader().read_mapped().unwrap(), v);
+                assert_eq!(spill.usage().open_files, 1);
+            }
+        }
+        let d = tmp.path().join("d");
+        // File 0 is closed now (file 2 was read last): put a copy of it in
+        // its place.
+        let copy = d.join("copy");
+        fs::write(&copy, fs::read(d.join("spill-00000000.seg")).unwrap()).unwrap();
+        fs::rename(&copy, d.join("spill-00000000.seg")).unwrap();
+        let err = records[0].reader().read_copy().unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert_eq!(records[1].reader().read_copy().unwrap(), vals[1]);
+    }
+
+    #[test]
+    fn spill_files_of_a_dead_store_are_removed_foreign_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+        let mut orphan = record::file_header(5, 8192, false).to_vec();
+        orphan.resize(8192, 7);
+        fs::write(d.join("spill-00000005.seg"), &orphan).unwrap();
+        // Our header, but under another number's name; and not ours at all.
+        fs::write(d.join("spill-00000006.seg"), &orphan).unwrap();
+        fs::write(d.join("spill-00000007.seg"), b"foreign").unwrap();
+        let spill = SpillDir::open(d.clone(), &config(4096, None, None)).unwrap();
+        let orphans = spill.usage().orphans;
+        assert_eq!(orphans.files, 1);
+        #[cfg(not(miri))]
+        assert_eq!(orphans.bytes, 8192);
+        assert!(!d.join("spill-00000005.seg").exists());
+        assert_eq!(fs::read(d.join("spill-00000007.seg")).unwrap(), b"foreign");
+        assert!(d.join("spill-00000006.seg").exists());
+        assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o750, "kept");
     }
 }

@@ -1,8 +1,28 @@
-//! The on-disk record format: a fixed header, then the value's bytes.
+//! The on-disk formats: the header every spill file starts with, and the
+//! records after it (a fixed header, then the value's bytes).
+//!
+//! File header, at offset 0 of every spill file:
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic "SPL1"
+//!      0     8  magic "SPILLSEG"
+//!      8     4  format version (little endian), 1
+//!     12     4  flags (little endian): bit 0 set if the file holds one record
+//!     16     8  the file's number, as in its name (little endian)
+//!     24     8  the file's length when created (little endian)
+//!     32    28  reserved, zero
+//!     60     4  CRC-32 of bytes 0..60 (little endian)
+//! ```
+//!
+//! It lets a later store recognise a spill file left behind by a crashed
+//! one by its content, not by its name, and lets a reopened file be checked
+//! to be the one this store created.
+//!
+//! Record, at any offset from 64 on:
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "SPL2"
 //!      4     4  reserved, zero
 //!      8     8  place (little endian): spill file number << 32 | offset
 //!     16     8  value length in bytes (little endian)
@@ -10,13 +30,61 @@
 //!     32     n  the value
 //! ```
 //!
-//! Spill files live only as long as the store that wrote them, so the format
-//! carries no version. The checksum is CRC-32 (IEEE) from
-//! crc32fast, which picks a carry-less-multiply kernel at run time: about
-//! 19 GB/s here, twice aHash's portable fallback in a default build. It
+//! Spill files are never read by another store (one that finds them only
+//! deletes them), so records carry no version. The checksum is CRC-32 (IEEE)
+//! from crc32fast, which picks a carry-less-multiply kernel at run time:
+//! about 19 GB/s here, twice aHash's portable fallback in a default build. It
 //! guards against files altered behind the store's back, not against an
-//! adversary who can also compute it; the header's entry id and length
-//! catch records moved or swapped whole.
+//! adversary who can also compute it; the header's place and length catch
+//! records moved or swapped whole.
+
+/// Bytes of the header at the start of every spill file; the first record
+/// starts here.
+pub(crate) const FILE_HEADER_LEN: u64 = 64;
+
+const FILE_MAGIC: [u8; 8] = *b"SPILLSEG";
+const FILE_VERSION: u32 = 1;
+const FILE_DEDICATED: u32 = 1;
+
+/// The header of spill file number `number`, created `size` bytes long.
+pub(crate) fn file_header(
+    number: u64,
+    size: u64,
+    dedicated: bool,
+) -> [u8; FILE_HEADER_LEN as usize] {
+    let mut h = [0u8; FILE_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&FILE_MAGIC);
+    h[8..12].copy_from_slice(&FILE_VERSION.to_le_bytes());
+    let flags = if dedicated { FILE_DEDICATED } else { 0 };
+    h[12..16].copy_from_slice(&flags.to_le_bytes());
+    h[16..24].copy_from_slice(&number.to_le_bytes());
+    h[24..32].copy_from_slice(&size.to_le_bytes());
+    let crc = crc32fast::hash(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks that `header` is a spill file header naming file `number`.
+///
+/// Returns what is wrong, as a reason.
+pub(crate) fn check_file_header(header: &[u8], number: u64) -> Result<(), String> {
+    if header.len() as u64 != FILE_HEADER_LEN {
+        return Err(format!("file header is {} bytes", header.len()));
+    }
+    if header[0..8] != FILE_MAGIC {
+        return Err("not a spill file (bad magic)".into());
+    }
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&header[60..64]);
+    if crc32fast::hash(&header[..60]) != u32::from_le_bytes(crc) {
+        return Err("file header checksum mismatch".into());
+    }
+    let stored = word(header, 16);
+    if stored != number {
+        return Err(format!("file header names file {stored}, not {number}"));
+    }
+    Ok(())
+}
 
 /// Bytes before the value in every record.
 pub(crate) const HEADER_LEN: u64 = 32;
@@ -150,6 +218,24 @@ mod tests {
             assert_eq!(copy, value);
             assert_eq!(sum, checksum(&value));
         }
+    }
+
+    #[test]
+    fn file_headers_name_their_file() {
+        let h = file_header(7, 1 << 20, false);
+        assert_eq!(check_file_header(&h, 7), Ok(()));
+        assert!(check_file_header(&h, 8)
+            .unwrap_err()
+            .contains("names file 7"));
+        for i in 0..h.len() {
+            let mut bad = h;
+            bad[i] ^= 0x10;
+            assert!(
+                check_file_header(&bad, 7).is_err(),
+                "flip at {i} went unnoticed"
+            );
+        }
+        assert!(check_file_header(b"old", 7).is_err());
     }
 
     #[test]

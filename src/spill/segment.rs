@@ -1,55 +1,86 @@
 //! One spill file: an append-only segment of records, or a file holding one
-//! large record. This module holds the crate's only `unsafe` code: mapping a
-//! spill file into memory.
+//! large record. Records, readers and handed-out values hold its blocks
+//! (see [`super::blocks`]); the space of blocks nobody holds is returned by
+//! punching holes. This module holds the mapping, the only `unsafe` code of
+//! the crate besides the two system calls in [`super::sys`].
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, Weak};
-
 use crate::sync::Mutex;
 use bytes::Bytes;
 
-use super::record::{self, HEADER_LEN};
-use super::DirShared;
+use super::blocks::{self, BlockMap};
+use super::record::{self, FILE_HEADER_LEN, HEADER_LEN};
+use super::{sys, DirShared};
 use crate::error::Error;
 
 /// A spill file the store created, shared by the records in it.
 ///
-/// The file is deleted when the last [`Record`] in it is dropped and the
-/// writer no longer appends to it. Reads go through one shared mapping of the
-/// whole file, made on the first read.
+/// The file is deleted when the last [`Record`], reader or handed-out value
+/// of it is dropped and the writer no longer appends to it. Its descriptor
+/// and its mapping are opened on demand and kept only while the store's
+/// file cache has room for them (see [`FileCache`]); a reopened file is
+/// checked to be the one created here before any byte is read.
 pub(crate) struct Segment {
     path: PathBuf,
     /// The number in the file's name; part of every record's place.
     number: u64,
-    /// Holds exactly one record, at offset 0, as long as the file.
+    /// Holds exactly one record, right after the file header, up to its end.
     dedicated: bool,
-    /// Kept open for the segment's whole life: reads and length checks use
-    /// this descriptor, so replacing the path does not redirect them.
-    file: File,
-    /// Inode number, so deletion can check the path still names our file.
+    /// Device and inode number: a reopened path must still name this file,
+    /// and deletion checks the path still names it.
+    dev: u64,
     ino: u64,
     /// Length the file was created with; all records lie below it.
     size: u64,
+    /// The open descriptor (and mapping), while the file cache keeps it.
+    handle: Mutex<Option<Handle>>,
+    /// Used since the file cache last looked (its clock hand).
+    referenced: AtomicBool,
+    /// Which blocks are held and allocated; none for dedicated files, which
+    /// are never punched (their one record goes with the file).
+    blocks: Option<Mutex<BlockMap>>,
+    /// Bytes the file occupies on disk (see [`BlockMap::accounted`]).
+    accounted: AtomicU64,
     /// Records, written or reserved, that still need this file.
     live: AtomicU64,
     /// Bytes of those records (headers included).
     live_bytes: AtomicU64,
     /// Set once the writer has moved on: no more records will be added.
     sealed: AtomicBool,
-    /// The whole file mapped read-only, once some record was read. (Under
-    /// Miri, which cannot map files, records are read instead.)
-    #[cfg_attr(miri, allow(dead_code))]
-    map: OnceLock<Bytes>,
-    #[cfg_attr(miri, allow(dead_code))]
-    map_init: Mutex<()>,
+    /// A punch failed: the next release looks for every dead block.
+    retry_punch: AtomicBool,
     dir: Weak<DirShared>,
 }
 
+/// An open spill file: its descriptor and, once some record was read, its
+/// mapping. Values handed out hold the mapping, never the descriptor.
+struct Handle {
+    file: Arc<File>,
+    #[cfg(not(miri))]
+    map: Option<Arc<memmap2::Mmap>>,
+}
+
+/// A handle taken out of its segment; dropping it closes the file.
+pub(super) struct Closed(#[allow(dead_code)] Handle);
+
+/// What one operation needs of an open file. Held only for the operation;
+/// the file cache may close the file meanwhile, the descriptor then lives
+/// until this is dropped.
+struct Access {
+    file: Arc<File>,
+    #[cfg(not(miri))]
+    map: Option<Arc<memmap2::Mmap>>,
+}
+
 impl Segment {
-    /// Creates a new, empty spill file of `size` bytes at `path`.
+    /// Creates a new spill file of `size` bytes at `path`, mode 0600, and
+    /// writes its file header.
     ///
     /// Refuses to reuse any existing name, so a file or symlink planted under
     /// the name is never written through.
@@ -58,102 +89,307 @@ impl Segment {
         number: u64,
         size: u64,
         dedicated: bool,
-        dir: Weak<DirShared>,
-    ) -> std::io::Result<Self> {
+        dir: &Arc<DirShared>,
+    ) -> std::io::Result<Arc<Self>> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
-        let ino = match file.metadata() {
-            Ok(m) => m.ino(),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
+        let remove = |e| {
+            let _ = std::fs::remove_file(&path);
+            e
         };
+        let meta = file.metadata().map_err(remove)?;
         // A sparse file: blocks are allocated only as records are written, so a
         // full disk surfaces as a failed write, never as a fault in a mapping.
-        if let Err(e) = file.set_len(size) {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        Ok(Segment {
+        file.set_len(size).map_err(remove)?;
+        file.write_all_at(&record::file_header(number, size, dedicated), 0)
+            .map_err(remove)?;
+        let (blocks, accounted) = if dedicated {
+            (None, blocks::sequential_file_cost(size, dir.block))
+        } else {
+            let map = BlockMap::new(size, FILE_HEADER_LEN, dir.block);
+            let accounted = map.accounted();
+            (Some(Mutex::new(map)), accounted)
+        };
+        Ok(Arc::new(Segment {
             path,
             number,
             dedicated,
-            file,
-            ino,
+            dev: meta.dev(),
+            ino: meta.ino(),
             size,
+            handle: Mutex::new(Some(Handle {
+                file: Arc::new(file),
+                #[cfg(not(miri))]
+                map: None,
+            })),
+            referenced: AtomicBool::new(true),
+            blocks,
+            accounted: AtomicU64::new(accounted),
             live: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
-            map: OnceLock::new(),
-            map_init: Mutex::new(()),
-            dir,
-        })
-    }
-
-    pub(super) fn size(&self) -> u64 {
-        self.size
+            retry_punch: AtomicBool::new(false),
+            dir: Arc::downgrade(dir),
+        }))
     }
 
     pub(super) fn live(&self) -> u64 {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Counts one more record of `len` bytes that needs this file. Called
-    /// by the writer while it holds its lock, so retiring the segment cannot
-    /// race with it.
-    fn acquire(&self, len: u64) {
+    /// Bytes the file occupies on disk now.
+    pub(super) fn accounted(&self) -> u64 {
+        self.accounted.load(Ordering::Relaxed)
+    }
+
+    /// Places a record of `len` bytes at `offset`, the end of what was
+    /// handed out (for a dedicated file: its one record, right after the
+    /// header). Returns it and the bytes it adds to the file's footprint,
+    /// which [`blocks::append_cost`] priced (zero for a dedicated file, whose
+    /// whole footprint counted at creation).
+    ///
+    /// For shared segments the writer calls this while it holds its lock,
+    /// so retiring the segment cannot race with it; a dedicated file's only
+    /// record is placed by the thread that created the file, before anyone
+    /// else can reach it.
+    pub(super) fn place(self: &Arc<Self>, offset: u64, len: u64) -> (Record, u64) {
+        debug_assert!(offset + len <= self.size);
+        debug_assert!(!self.dedicated || (offset, len) == (FILE_HEADER_LEN, self.size - offset));
+        let cost = match &self.blocks {
+            Some(blocks) => {
+                let mut b = blocks.lock();
+                let cost = b.place(offset, len);
+                self.accounted.store(b.accounted(), Ordering::Relaxed);
+                cost
+            }
+            None => 0,
+        };
         self.live.fetch_add(1, Ordering::AcqRel);
         self.live_bytes.fetch_add(len, Ordering::Relaxed);
         if let Some(dir) = self.dir.upgrade() {
             dir.live_bytes.fetch_add(len, Ordering::Relaxed);
         }
+        let record = Record {
+            segment: Arc::clone(self),
+            offset: offset as u32,
+            len: if self.dedicated { 0 } else { len as u32 },
+        };
+        (record, cost)
     }
 
-    fn release(&self, len: u64) {
-        self.live_bytes.fetch_sub(len, Ordering::Relaxed);
+    /// Drops a hold on `offset..offset + len` (a record's, if `record`, else
+    /// a pin's) and returns the space of the blocks nobody holds any more.
+    fn release(self: &Arc<Self>, offset: u64, len: u64, record: bool) {
         let dir = self.dir.upgrade();
-        if let Some(dir) = &dir {
-            dir.live_bytes.fetch_sub(len, Ordering::Relaxed);
+        if record {
+            self.live_bytes.fetch_sub(len, Ordering::Relaxed);
+            if let Some(dir) = &dir {
+                dir.live_bytes.fetch_sub(len, Ordering::Relaxed);
+            }
         }
-        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if let Some(blocks) = &self.blocks {
+            let mut dead = blocks.lock().release(offset, len);
+            if !dead.is_empty() && self.retry_punch.swap(false, Ordering::Relaxed) {
+                dead = blocks.lock().dead_ranges();
+            }
+            if let Some(dir) = &dir {
+                self.punch(dir, dead);
+            }
+        }
+        if record && self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             if let Some(dir) = dir {
                 dir.retire_if_unused(self);
             }
         }
     }
 
-    /// Marks that no record will be added any more.
-    pub(super) fn seal(&self) {
+    /// Punches holes over `ranges`, whose blocks are dead and final: no
+    /// record, reader or handed-out value holds them and none ever will.
+    fn punch(self: &Arc<Self>, dir: &DirShared, ranges: Vec<Range<u64>>) {
+        if ranges.is_empty() || !dir.can_punch.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(blocks) = &self.blocks else { return };
+        let Ok(access) = self.access(false) else {
+            self.retry_punch.store(true, Ordering::Relaxed);
+            return;
+        };
+        for range in ranges {
+            match sys::punch_hole(&access.file, range.clone()) {
+                Ok(()) => {
+                    let freed = {
+                        let mut b = blocks.lock();
+                        let freed = b.punched(range);
+                        self.accounted.store(b.accounted(), Ordering::Relaxed);
+                        freed
+                    };
+                    dir.allocated.fetch_sub(freed, Ordering::AcqRel);
+                    dir.punched_bytes.fetch_add(freed, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    // Compaction reclaims what holes would have.
+                    dir.can_punch.store(false, Ordering::Relaxed);
+                    return;
+                }
+                Err(_) => self.retry_punch.store(true, Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Marks that no record will be added any more, and frees the last
+    /// block if nobody holds it.
+    pub(super) fn seal(self: &Arc<Self>) {
         self.sealed.store(true, Ordering::Release);
+        if let Some(blocks) = &self.blocks {
+            let tail = blocks.lock().seal();
+            if let (Some(tail), Some(dir)) = (tail, self.dir.upgrade()) {
+                self.punch(&dir, vec![tail]);
+            }
+        }
     }
 
     /// Whether compaction should move this segment's records elsewhere: the
-    /// writer is done with it and at most half of it is still needed.
+    /// writer is done with it and at most half of its length, or of the
+    /// space it occupies on disk, is still needed.
     pub(super) fn is_sparse(&self) -> bool {
-        self.sealed.load(Ordering::Acquire)
-            && self.live_bytes.load(Ordering::Relaxed) * 2 <= self.size
+        let live = self.live_bytes.load(Ordering::Relaxed).saturating_mul(2);
+        self.sealed.load(Ordering::Acquire) && (live <= self.size || live <= self.accounted())
+    }
+
+    /// Bytes that dropping one hold on each of `ranges` would return to the
+    /// file system at once.
+    pub(super) fn freed_by_releasing(&self, ranges: &[(u64, u64)], can_punch: bool) -> u64 {
+        match &self.blocks {
+            Some(blocks) => blocks.lock().freed_by_releasing(ranges, can_punch),
+            None => self.accounted(),
+        }
     }
 
     /// Writes `data` at `offset`.
-    pub(super) fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
-        self.file
+    pub(super) fn write_at(self: &Arc<Self>, data: &[u8], offset: u64) -> Result<(), Error> {
+        self.access(false)?
+            .file
             .write_all_at(data, offset)
             .map_err(|e| Error::io("writing spill file", &self.path, e))
     }
 
-    /// Reads back the `len`-byte value of the record at `offset`.
+    /// The open file (and its mapping, if `map`), reopening it if the file
+    /// cache closed it.
+    fn access(self: &Arc<Self>, map: bool) -> Result<Access, Error> {
+        self.referenced.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.lock().as_mut() {
+            return self.access_open(handle, map);
+        }
+        let file = Arc::new(self.reopen()?);
+        let mut admitted = false;
+        let access = {
+            let mut slot = self.handle.lock();
+            let handle = slot.get_or_insert_with(|| {
+                admitted = true;
+                Handle {
+                    file,
+                    #[cfg(not(miri))]
+                    map: None,
+                }
+            });
+            self.access_open(handle, map)
+        };
+        if admitted {
+            if let Some(dir) = self.dir.upgrade() {
+                dir.cache.admit(Arc::downgrade(self));
+            }
+        }
+        access
+    }
+
+    #[cfg_attr(miri, allow(unused_variables))]
+    fn access_open(&self, handle: &mut Handle, map: bool) -> Result<Access, Error> {
+        #[cfg(not(miri))]
+        if map && handle.map.is_none() {
+            handle.map = Some(Arc::new(self.map(&handle.file)?));
+        }
+        Ok(Access {
+            file: Arc::clone(&handle.file),
+            #[cfg(not(miri))]
+            map: if map { handle.map.clone() } else { None },
+        })
+    }
+
+    /// Opens the file again by its path, and checks that it is still the
+    /// file created here: not a symlink, the same inode, the same header.
+    fn reopen(&self) -> Result<File, Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(|e| Error::io("reopening spill file", &self.path, e))?;
+        let corrupted = |reason: &str| Error::Corrupted {
+            path: self.path.clone(),
+            offset: 0,
+            reason: reason.to_owned(),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("checking spill file", &self.path, e))?;
+        if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
+            return Err(corrupted("the spill file was replaced"));
+        }
+        let mut header = [0u8; FILE_HEADER_LEN as usize];
+        if file.read_exact_at(&mut header, 0).is_err()
+            || header != record::file_header(self.number, self.size, self.dedicated)
+        {
+            return Err(corrupted("the spill file's header was altered"));
+        }
+        Ok(file)
+    }
+
+    /// Maps the whole file read-only.
+    #[cfg(not(miri))]
+    fn map(&self, file: &File) -> Result<memmap2::Mmap, Error> {
+        // SAFETY: mapping a file is unsafe because the mapped memory changes
+        // if the file is modified while mapped, and touching a page past the
+        // file's end raises SIGBUS. The file is ours: created with
+        // `create_new` and mode 0600 in a dump directory this store holds
+        // locked (a reopened one was checked to be the same inode, with our
+        // header), sized once at creation and never truncated, renamed or
+        // rewritten by the store: records are appended into space no reader
+        // has been handed yet, and a record's bytes are never written again
+        // once its value was stored. Holes are punched (with KEEP_SIZE, so
+        // the length never moves) only over blocks that no record, reader or
+        // handed-out value holds, so no byte anyone can still read turns to
+        // zeros. Deleting the file keeps the mapping valid. The mapping
+        // covers the size the file was created with, even if someone
+        // shortened it since, so records appended later stay reachable;
+        // `read` checks the file's current length right before every
+        // access, so no page past the end is touched while the store is
+        // idle, and the checksum catches altered bytes. Values kept resident
+        // are copied out of the mapping, so only values handed to callers
+        // share the file's pages, and each holds its blocks.
+        unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.size as usize)
+                .map(file)
+        }
+        .map_err(|e| Error::io("mapping spill file", &self.path, e))
+    }
+
+    /// Reads back the `len`-byte value of the record at `offset`, which
+    /// `pin` holds.
     ///
     /// The file's current length is checked before the mapping is touched, so
     /// a file truncated while the store was idle is reported as corrupted
     /// instead of faulting (SIGBUS); the header and checksum are verified, so
     /// altered bytes are never returned. With `copy`, the value is copied out
     /// of the mapping first and the copy is what gets verified and returned:
-    /// it no longer depends on the file at all.
-    fn read(&self, offset: u64, len: u64, copy: bool) -> Result<Bytes, Error> {
+    /// it no longer depends on the file at all. Without, the value is a
+    /// slice of the mapping that holds the mapping and its record's blocks.
+    fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
+        let offset = pin.offset;
         let corrupted = |reason: String| Error::Corrupted {
             path: self.path.clone(),
             offset,
@@ -163,7 +399,8 @@ impl Segment {
             .checked_add(HEADER_LEN)
             .and_then(|x| x.checked_add(len))
             .ok_or_else(|| corrupted(format!("record length {len} overflows")))?;
-        let file_len = self
+        let access = self.access(true)?;
+        let file_len = access
             .file
             .metadata()
             .map_err(|e| Error::io("checking spill file", &self.path, e))?
@@ -173,84 +410,69 @@ impl Segment {
                 "file is {file_len} bytes, record ends at {end}"
             )));
         }
-        let record = self.record_bytes(offset, end)?;
-        let header = &record[..HEADER_LEN as usize];
-        let place = record::place(self.number, offset);
-        record::check_header(header, place, len).map_err(corrupted)?;
-        if copy {
-            let (value, sum) = record::copy_with_checksum(&record[HEADER_LEN as usize..]);
-            record::check_checksum(header, sum).map_err(corrupted)?;
-            Ok(Bytes::from(value))
-        } else {
-            let value = record.slice(HEADER_LEN as usize..);
-            record::check_value(header, &value).map_err(corrupted)?;
-            Ok(value)
+        #[cfg(not(miri))]
+        {
+            let map = access.map.expect("asked for the mapping");
+            if (map.len() as u64) < end {
+                // Mapped while the file was shorter than it is now: it was altered.
+                return Err(corrupted(format!(
+                    "mapping is {} bytes, record ends at {end}",
+                    map.len()
+                )));
+            }
+            let (start, end) = (offset as usize, end as usize);
+            let header = &map[start..start + HEADER_LEN as usize];
+            let place = record::place(self.number, offset);
+            record::check_header(header, place, len).map_err(corrupted)?;
+            let value = &map[start + HEADER_LEN as usize..end];
+            if copy {
+                let (value, sum) = record::copy_with_checksum(value);
+                record::check_checksum(header, sum).map_err(corrupted)?;
+                Ok(Bytes::from(value))
+            } else {
+                record::check_value(header, value).map_err(corrupted)?;
+                Ok(Bytes::from_owner(MappedValue {
+                    start: start + HEADER_LEN as usize,
+                    end,
+                    map,
+                    _hold: ValueHold::new(pin),
+                }))
+            }
+        }
+        // Miri cannot map files: read the record instead (a copy either way).
+        #[cfg(miri)]
+        {
+            let _ = copy;
+            let mut buf = vec![0u8; (end - offset) as usize];
+            access
+                .file
+                .read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io("reading spill file", &self.path, e))?;
+            let (header, value) = buf.split_at(HEADER_LEN as usize);
+            let place = record::place(self.number, offset);
+            record::check_header(header, place, len).map_err(corrupted)?;
+            record::check_value(header, value).map_err(corrupted)?;
+            Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
         }
     }
 
-    /// The bytes `offset..end`, which the caller checked lie within the file.
-    #[cfg(not(miri))]
-    fn record_bytes(&self, offset: u64, end: u64) -> Result<Bytes, Error> {
-        let map = self.mapping()?;
-        if (map.len() as u64) < end {
-            // Mapped while the file was shorter than it is now: it was altered.
-            return Err(Error::Corrupted {
-                path: self.path.clone(),
-                offset,
-                reason: format!("mapping is {} bytes, record ends at {end}", map.len()),
-            });
-        }
-        Ok(map.slice(offset as usize..end as usize))
+    /// Takes the descriptor and the mapping out, to be dropped (closing
+    /// them) by the caller; values handed out keep their mapping. `None` if
+    /// the file was not open. Called by the file cache.
+    pub(super) fn close(&self) -> Option<Closed> {
+        self.handle.lock().take().map(Closed)
     }
 
-    /// Miri cannot map files: read the record instead.
-    #[cfg(miri)]
-    fn record_bytes(&self, offset: u64, end: u64) -> Result<Bytes, Error> {
-        let mut buf = vec![0u8; (end - offset) as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io("reading spill file", &self.path, e))?;
-        Ok(Bytes::from(buf))
-    }
-
-    /// The shared read-only mapping of the whole file, made on first use.
-    #[cfg(not(miri))]
-    fn mapping(&self) -> Result<Bytes, Error> {
-        if let Some(map) = self.map.get() {
-            return Ok(map.clone());
-        }
-        let _init = self.map_init.lock();
-        if let Some(map) = self.map.get() {
-            return Ok(map.clone());
-        }
-        // SAFETY: mapping a file is unsafe because the mapped memory changes
-        // if the file is modified while mapped, and touching a page past the
-        // file's end raises SIGBUS. The file is ours: created with
-        // `create_new` in a dump directory this store holds locked, sized
-        // once at creation and never truncated, renamed or rewritten by the
-        // store: records are appended into space no reader has been handed
-        // yet, and a record's bytes are never written again once its value
-        // was stored. Deleting the file keeps the mapping valid. The mapping
-        // covers the size the file was created with, even if someone shortened
-        // it since, so records appended later stay reachable; `read` checks
-        // the file's current length right before every access, so no page
-        // past the end is touched while the store is idle, and the checksum
-        // catches altered bytes. Values kept resident are copied out of the
-        // mapping, so only slices handed to callers share the file's pages.
-        let mmap = unsafe {
-            memmap2::MmapOptions::new()
-                .len(self.size as usize)
-                .map(&self.file)
-        }
-        .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
-        let map = Bytes::from_owner(mmap);
-        let _ = self.map.set(map.clone());
-        Ok(map)
+    /// Whether the file cache should spare this file once more (and forget
+    /// that it was used).
+    pub(super) fn take_referenced(&self) -> bool {
+        self.referenced.swap(false, Ordering::Relaxed)
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        let was_open = self.handle.lock().take().is_some();
         let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino);
         let dir = self.dir.upgrade();
         // Delete only the file we created, through a dump dir that is still the
@@ -259,17 +481,103 @@ impl Drop for Segment {
             let _ = std::fs::remove_file(&self.path);
         }
         if let Some(dir) = dir {
-            dir.segment_dropped(self.size);
+            dir.segment_dropped(self.size, self.accounted(), was_open);
+        }
+    }
+}
+
+/// A value handed out as a slice of a mapping: it keeps the mapping, and
+/// holds its record's blocks so no hole is punched under it.
+#[cfg(not(miri))]
+struct MappedValue {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    end: usize,
+    _hold: ValueHold,
+}
+
+/// A handed-out value's hold on its record's blocks. Unlike a [`Pin`] it
+/// does not keep the file: once no record or reader needs the file it is
+/// deleted as usual (the value's mapping stays valid, its pages are freed
+/// when the value is dropped), so a value a caller keeps never keeps a file
+/// in the dump dir, nor the dir itself after `cleanup`.
+#[cfg(not(miri))]
+struct ValueHold {
+    segment: Weak<Segment>,
+    offset: u64,
+    len: u64,
+}
+
+#[cfg(not(miri))]
+impl ValueHold {
+    /// Holds the blocks `pin` holds, for a value read through it.
+    fn new(pin: &Pin) -> Self {
+        if let Some(blocks) = &pin.segment.blocks {
+            blocks.lock().hold(pin.offset, pin.len);
+        }
+        ValueHold {
+            segment: Arc::downgrade(&pin.segment),
+            offset: pin.offset,
+            len: pin.len,
+        }
+    }
+}
+
+#[cfg(not(miri))]
+impl Drop for ValueHold {
+    fn drop(&mut self) {
+        if let Some(segment) = self.segment.upgrade().filter(|s| s.blocks.is_some()) {
+            segment.release(self.offset, self.len, false);
+        }
+    }
+}
+
+#[cfg(not(miri))]
+impl AsRef<[u8]> for MappedValue {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+/// A hold on a record's blocks (and its file) by a reader or a handed-out
+/// value: while it lives, those blocks are neither punched nor deleted.
+struct Pin {
+    segment: Arc<Segment>,
+    offset: u64,
+    /// Header and value bytes.
+    len: u64,
+}
+
+impl Pin {
+    /// Holds `offset..offset + len` of `segment`, which a live record holds.
+    fn new(segment: &Arc<Segment>, offset: u64, len: u64) -> Self {
+        if let Some(blocks) = &segment.blocks {
+            blocks.lock().hold(offset, len);
+        }
+        Pin {
+            segment: Arc::clone(segment),
+            offset,
+            len,
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if self.segment.blocks.is_some() {
+            self.segment.release(self.offset, self.len, false);
         }
     }
 }
 
 /// One value's copy on disk: a record in a segment.
 ///
-/// While a `Record` exists its segment file exists; dropping the last record
-/// of a segment deletes the file. Sixteen bytes: segments are at most 4 GiB
-/// (see `MAX_SEGMENT_SIZE`), and a dedicated file's one record is as long as
-/// the file.
+/// While a `Record` exists its blocks stay allocated and its file exists;
+/// dropping it frees the blocks only it held (by punching a hole), and
+/// dropping the last record of a file deletes the file. Sixteen bytes:
+/// shared segments are at most 1 GiB (`MAX_SEGMENT_SIZE` in `config.rs`),
+/// so offsets and lengths fit in 32 bits, and a dedicated file's one record
+/// runs from the file header to the end of the file.
 pub(crate) struct Record {
     segment: Arc<Segment>,
     offset: u32,
@@ -278,18 +586,6 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    /// A record of `len` bytes at `offset` in `segment`, counted as live.
-    pub(super) fn new(segment: Arc<Segment>, offset: u64, len: u64) -> Self {
-        debug_assert!(segment.dedicated || offset + len <= segment.size);
-        debug_assert!(u32::try_from(segment.size).is_ok() || segment.dedicated);
-        segment.acquire(len);
-        Record {
-            segment,
-            offset: offset as u32,
-            len: len as u32,
-        }
-    }
-
     pub(super) fn segment(&self) -> &Arc<Segment> {
         &self.segment
     }
@@ -299,9 +595,9 @@ impl Record {
     }
 
     /// Header and value bytes.
-    fn record_len(&self) -> u64 {
+    pub(super) fn record_len(&self) -> u64 {
         if self.segment.dedicated {
-            self.segment.size
+            self.segment.size - FILE_HEADER_LEN
         } else {
             u64::from(self.len)
         }
@@ -324,15 +620,15 @@ impl Record {
 
     /// Whether `self` is the record `reader` reads.
     pub(crate) fn same_as(&self, reader: &RecordReader) -> bool {
-        Arc::ptr_eq(&self.segment, &reader.segment) && self.offset() == reader.offset
+        Arc::ptr_eq(&self.segment, &reader.pin.segment) && self.offset() == reader.pin.offset
     }
 
-    /// A handle to read this record with no lock held.
+    /// A handle to read this record with no lock held. It holds the record's
+    /// blocks, so the bytes stay readable even if the record is dropped
+    /// meanwhile.
     pub(crate) fn reader(&self) -> RecordReader {
         RecordReader {
-            segment: Arc::clone(&self.segment),
-            offset: self.offset(),
-            len: self.value_len(),
+            pin: Pin::new(&self.segment, self.offset(), self.record_len()),
         }
     }
 }
@@ -341,35 +637,34 @@ impl Drop for Record {
     fn drop(&mut self) {
         // Releasing a record may delete its file: never under a shard lock.
         crate::sync::lock_tracking::assert_none_held("a spill record was dropped");
-        self.segment.release(self.record_len());
+        self.segment.release(self.offset(), self.record_len(), true);
     }
 }
 
-/// Reads a record outside the shard's lock. It keeps the file open, not the
-/// record stored: if the value is removed meanwhile, the read still sees the
-/// bytes it had.
+/// Reads a record outside the shard's lock. It holds the record's blocks and
+/// file, not the record stored: if the value is removed meanwhile, the read
+/// still sees the bytes it had.
 pub(crate) struct RecordReader {
-    segment: Arc<Segment>,
-    offset: u64,
-    len: u64,
+    pin: Pin,
 }
 
 impl RecordReader {
     /// The value's length in bytes.
     pub(crate) fn value_len(&self) -> u64 {
-        self.len
+        self.pin.len - HEADER_LEN
     }
 
     /// Reads back the value, verified, as a slice of the file's mapping (no
-    /// copy). The slice shares the file's pages: it is for handing out, not
-    /// for keeping resident. See [`Segment::read`].
+    /// copy). The slice keeps the mapping and holds the record's blocks
+    /// until it is dropped: it is for handing out, not for keeping
+    /// resident. See [`Segment::read`].
     pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
-        self.segment.read(self.offset, self.len, false)
+        self.pin.segment.read(&self.pin, self.value_len(), false)
     }
 
     /// Reads back the value, verified, as a heap copy that does not depend
     /// on the file: for values brought back into memory.
     pub(crate) fn read_copy(&self) -> Result<Bytes, Error> {
-        self.segment.read(self.offset, self.len, true)
+        self.pin.segment.read(&self.pin, self.value_len(), true)
     }
 }
