@@ -18,7 +18,8 @@
 //! during I/O; an entry replaced or removed meanwhile keeps its new state,
 //! and the record written for it is dropped. A record that fails to read
 //! stays where it is (its entry stays corrupted); a write that fails (disk
-//! full) ends the pass, losing nothing.
+//! full, or the disk budget) ends the pass, losing nothing, and no pass is
+//! due again until space has been freed (a remove, a replace, a hole).
 
 use std::hash::Hash;
 use std::thread::JoinHandle;
@@ -28,41 +29,40 @@ use crossbeam::utils::CachePadded;
 
 use crate::shard::Shard;
 use crate::spill::SpillDir;
-use crate::sync::Mutex;
 
 /// Value bytes read and written per batch: bounds the memory a pass holds.
 const BATCH_BYTES: u64 = 4 << 20;
 
-/// Runs one pass over `shards` if one is due, or always when `force`d; first
-/// waits for a pass in progress (holding `passes`) to end. `parallel` runs
-/// the shards on rayon's pool (for an explicit `compact()`), otherwise one
-/// after another on the calling thread.
+/// Runs one pass over `shards` if one is due, or always when `force`d. The
+/// caller holds the store's pass lock. `parallel` runs the shards on rayon's
+/// pool (for an explicit `compact()`), otherwise one after another on the
+/// calling thread.
 pub(crate) fn run_pass<K>(
     shards: &[CachePadded<Shard<K>>],
     spill: &SpillDir,
-    passes: &Mutex<()>,
     force: bool,
     parallel: bool,
 ) where
     K: Hash + Eq + Send + Sync,
 {
-    let _pass = passes.lock();
     let Some(pass) = spill.start_compaction(force) else {
         return;
     };
     // Shuttle cannot schedule rayon's threads: model checks run sequentially.
     let parallel = parallel && !cfg!(shuttle);
-    let moved: u64 = if parallel {
+    let results: Vec<(u64, bool)> = if parallel {
         use rayon::prelude::*;
-        shards.par_iter().map(|s| compact_shard(s, spill)).sum()
+        shards.par_iter().map(|s| compact_shard(s, spill)).collect()
     } else {
-        shards.iter().map(|s| compact_shard(s, spill)).sum()
+        shards.iter().map(|s| compact_shard(s, spill)).collect()
     };
-    pass.moved(moved);
+    pass.moved(results.iter().map(|&(moved, _)| moved).sum());
+    pass.ended(results.iter().any(|&(_, stalled)| stalled));
 }
 
-/// Compacts one shard; returns the value bytes moved.
-fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> u64 {
+/// Compacts one shard; returns the value bytes moved, and whether a write
+/// failed (the pass then stalls for lack of space).
+fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> (u64, bool) {
     let found = shard.sparse_records();
     if found.copies {
         shard.drop_sparse_copies();
@@ -84,12 +84,12 @@ fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> u64 {
             }
         }
         let Ok(records) = spill.write(&values) else {
-            return moved;
+            return (moved, true);
         };
         drop(values);
         moved += shard.install_moved(read.into_iter().zip(records));
     }
-    moved
+    (moved, false)
 }
 
 /// The background thread that runs compaction passes when woken.

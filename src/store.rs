@@ -14,6 +14,7 @@ use crate::error::{Error, LimitKind};
 use crate::shard::Shard;
 use crate::spill::SpillDir;
 use crate::stats::Stats;
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
 
 /// Where a stored value is held.
@@ -81,15 +82,39 @@ struct Shared<K> {
     shards: Box<[CachePadded<Shard<K>>]>,
     /// Declared after `shards`: on drop the records go before the directory.
     spill: Option<SpillDir>,
-    /// Held through each compaction pass, so passes never overlap.
-    passes: Mutex<()>,
+    /// Held through each compaction pass, so passes never overlap; holds
+    /// the number of the last wake-up request served (by a background pass,
+    /// or by `quiesce`, which serves every request made before it).
+    passes: Mutex<u64>,
+    /// Wake-up requests so far, made by inserts and removes that found a
+    /// pass due.
+    requested: AtomicU64,
 }
 
 impl<K: Hash + Eq + Send + Sync> Shared<K> {
-    fn compact(&self, force: bool, parallel: bool) {
-        if let Some(spill) = &self.spill {
-            compaction::run_pass(&self.shards, spill, &self.passes, force, parallel);
+    /// A pass now, after one in progress: `force`d, or if one is due; and,
+    /// with `serve_requests`, counting every request made so far as served,
+    /// so the background thread does not start another for them.
+    fn compact(&self, force: bool, parallel: bool, serve_requests: bool) {
+        let Some(spill) = &self.spill else { return };
+        let mut served = self.passes.lock();
+        if serve_requests {
+            *served = self.requested.load(Ordering::Acquire);
         }
+        compaction::run_pass(&self.shards, spill, force, parallel);
+    }
+
+    /// The background thread's pass: serves the requests made so far,
+    /// unless a pass or `quiesce` served them already.
+    fn compact_requested(&self) {
+        let Some(spill) = &self.spill else { return };
+        let wanted = self.requested.load(Ordering::Acquire);
+        let mut served = self.passes.lock();
+        if *served >= wanted {
+            return;
+        }
+        *served = wanted;
+        compaction::run_pass(&self.shards, spill, false, false);
     }
 }
 
@@ -197,13 +222,14 @@ where
         let shared = Arc::new(Shared {
             shards,
             spill,
-            passes: Mutex::new(()),
+            passes: Mutex::new(0),
+            requested: AtomicU64::new(0),
         });
         let compactor = match &shared.spill {
             Some(spill) if !cfg!(shuttle) => {
                 let path = spill.path().to_path_buf();
                 let shared = Arc::clone(&shared);
-                let pass = move || shared.compact(false, false);
+                let pass = move || shared.compact_requested();
                 let compactor = Compactor::spawn(pass)
                     .map_err(|e| Error::io("starting the compaction thread for", path, e))?;
                 Some(compactor)
@@ -289,8 +315,11 @@ where
             return;
         }
         match &self.compactor {
-            Some(compactor) => compactor.wake(),
-            None => self.shared.compact(false, false),
+            Some(compactor) => {
+                self.shared.requested.fetch_add(1, Ordering::Release);
+                compactor.wake();
+            }
+            None => self.shared.compact(false, false, false),
         }
     }
 
@@ -330,12 +359,13 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn compact(&self) {
-        self.shared.compact(true, true);
+        self.shared.compact(true, true, false);
     }
 
     /// Waits until no background work is in progress: a compaction pass
     /// running on the store's background thread ends first, and one that is
-    /// due is run on the calling thread. Afterwards [`stats`](Self::stats)
+    /// due is run on the calling thread, which serves every wake-up the
+    /// background thread was sent so far. Afterwards [`stats`](Self::stats)
     /// and the dump directory reflect every call that returned before, until
     /// the next insert or remove wakes the background thread again.
     ///
@@ -361,7 +391,7 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn quiesce(&self) {
-        self.shared.compact(false, false);
+        self.shared.compact(false, false, true);
     }
 
     /// The value of `key`, or `None` if absent.

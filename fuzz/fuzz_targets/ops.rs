@@ -134,7 +134,8 @@ impl Checker {
 
     fn get(&mut self, step: usize, key: u16, with_location: bool) {
         let before = self.store.location(&key);
-        let expected = self.model.get(&key);
+        // A copy: the model is not borrowed while `hold` records the value.
+        let expected = self.model.get(&key).cloned();
         assert_eq!(
             before.is_some(),
             expected.is_some(),
@@ -155,7 +156,7 @@ impl Checker {
                     bytes.as_ref() == want.as_slice(),
                     "step {step}: get({key}) returned wrong bytes"
                 );
-                self.hold(step, &bytes, want);
+                self.hold(step, &bytes, &want);
                 assert_eq!(
                     Some(from),
                     before,

@@ -101,6 +101,11 @@ pub(crate) struct DirShared {
     can_punch: AtomicBool,
     punched_bytes: AtomicU64,
     compacting: AtomicBool,
+    /// `allocated` when a pass last ended on a failed write (disk full, or
+    /// the disk budget), `u64::MAX` otherwise: no pass is due again until
+    /// space was freed below it, so a stalled pass is not retried on every
+    /// insert and remove.
+    stalled_at: AtomicU64,
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
     orphans: Orphans,
@@ -148,6 +153,17 @@ impl CompactionGuard<'_> {
     /// Counts `bytes` of records moved by this pass.
     pub(crate) fn moved(&self, bytes: u64) {
         self.0.compacted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records how the pass ended: `stalled` if a write failed, so that
+    /// no pass is due again until space is freed.
+    pub(crate) fn ended(&self, stalled: bool) {
+        let at = if stalled {
+            self.0.allocated.load(Ordering::Relaxed)
+        } else {
+            u64::MAX
+        };
+        self.0.stalled_at.store(at, Ordering::Relaxed);
     }
 }
 
@@ -208,6 +224,7 @@ impl SpillDir {
                 can_punch: AtomicBool::new(true),
                 punched_bytes: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
+                stalled_at: AtomicU64::new(u64::MAX),
                 compactions: AtomicU64::new(0),
                 compacted_bytes: AtomicU64::new(0),
                 orphans,
@@ -266,10 +283,15 @@ impl SpillDir {
     /// four segments of slack, or their allocated blocks exceed twice the
     /// live bytes plus that slack (an eighth of the disk budget at most):
     /// a few relaxed loads, cheap enough for every insert and remove to ask.
+    /// After a pass that stalled on a failed write, not before some space
+    /// was freed.
     pub(crate) fn compaction_due(&self) -> bool {
         let shared = &self.shared;
         let files = shared.file_bytes.load(Ordering::Relaxed);
         let allocated = shared.allocated.load(Ordering::Relaxed);
+        if allocated >= shared.stalled_at.load(Ordering::Relaxed) {
+            return false;
+        }
         let live = shared.live_bytes.load(Ordering::Relaxed).saturating_mul(2);
         let slack = shared.segment_size.saturating_mul(4);
         let disk_slack = shared.limit.map_or(slack, |l| slack.min(l / 8));
