@@ -1,0 +1,370 @@
+//! The native classes under `spillstore.SpillStore` and
+//! `spillstore.EndpointStorage`: every store operation, with the GIL released.
+//!
+//! The Python classes of the same names (spillstore/_store.py) subclass these
+//! and `collections.abc.MutableMapping`, which adds the mixin methods (`pop`,
+//! `update`, views, `==`); `s[k]`, `s[k] = v`, `k in s` and `len(s)` go
+//! straight to the methods here.
+
+use std::path::PathBuf;
+
+use parking_lot::RwLock;
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyIterator, PyList, PyMemoryView, PyString};
+use spillstore::{Builder, Bytes, Location, SpillStore};
+
+use crate::config::{endpoint_storage_order, shards_arg, size_arg, Settings};
+use crate::errors::to_py_err;
+
+/// Values at least this long are copied into (or out of) Python objects with
+/// the GIL released, so that other threads run during the copy.
+const COPY_WITHOUT_GIL: usize = 32 << 10;
+
+/// A key as the store sees it: Python `str` only; `None` for anything else.
+fn key_str<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<Option<std::borrow::Cow<'a, str>>> {
+    match key.cast::<PyString>() {
+        Ok(s) => Ok(Some(s.to_cow()?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `KeyError(key)`, with the caller's own key object as its only argument.
+fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
+    PyKeyError::new_err((key.clone().unbind(),))
+}
+
+/// A new `bytes` holding a copy of `value`.
+fn to_py_bytes<'py>(py: Python<'py>, value: &Bytes) -> PyResult<Bound<'py, PyBytes>> {
+    if value.len() < COPY_WITHOUT_GIL {
+        return Ok(PyBytes::new(py, value));
+    }
+    // The new object is not shared with anyone until it is returned, so
+    // filling it does not need the GIL.
+    PyBytes::new_with(py, value.len(), |buf| {
+        py.detach(|| buf.copy_from_slice(value));
+        Ok(())
+    })
+}
+
+/// The Python name of a location.
+fn location_name(location: Location) -> &'static str {
+    match location {
+        Location::Memory => "memory",
+        Location::File => "file",
+    }
+}
+
+/// The store behind `spillstore.SpillStore`. Not for direct use: it lacks
+/// the mapping mixins; use `spillstore.SpillStore`.
+#[pyclass(module = "spillstore._spillstore", subclass, frozen)]
+pub(crate) struct StoreCore {
+    /// `None` once `cleanup()` has run. Held for reading (by any number of
+    /// threads) for the length of each operation, with the GIL released.
+    store: RwLock<Option<SpillStore>>,
+    max_size: Option<u64>,
+    max_object_size: Option<u64>,
+    dump_dir: Option<PathBuf>,
+}
+
+impl StoreCore {
+    /// Validates the settings and opens the store (with the GIL released:
+    /// opening creates and locks the dump dir).
+    fn open(
+        py: Python<'_>,
+        settings: Settings,
+        shape: fn(Builder<String>) -> Builder<String>,
+    ) -> PyResult<Self> {
+        let builder = shape(settings.builder()?);
+        let store = py
+            .detach(|| builder.build())
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(StoreCore {
+            store: RwLock::new(Some(store)),
+            max_size: settings.max_size,
+            max_object_size: settings.max_object_size,
+            dump_dir: settings.dump_dir,
+        })
+    }
+
+    /// Runs `op` on the store with the GIL released.
+    fn with_store<R: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&SpillStore) -> R + Send,
+    ) -> PyResult<R> {
+        py.detach(|| self.store.read().as_ref().map(op))
+            .ok_or_else(|| PyValueError::new_err("operation on a store that was cleaned up"))
+    }
+
+    /// Like [`with_store`](Self::with_store) for operations that can fail.
+    fn try_store<R: Send>(
+        &self,
+        py: Python<'_>,
+        op: impl FnOnce(&SpillStore) -> Result<R, spillstore::Error> + Send,
+    ) -> PyResult<R> {
+        self.with_store(py, op)?.map_err(|e| to_py_err(py, e))
+    }
+}
+
+#[pymethods]
+impl StoreCore {
+    #[new]
+    #[pyo3(signature = (max_size=None, max_object_size=None, dump_dir=None, *, shards=None, max_disk_size=None))]
+    fn new(
+        py: Python<'_>,
+        max_size: Option<i128>,
+        max_object_size: Option<i128>,
+        dump_dir: Option<PathBuf>,
+        shards: Option<i128>,
+        max_disk_size: Option<i128>,
+    ) -> PyResult<Self> {
+        let settings = Settings {
+            max_size: size_arg("max_size", max_size)?,
+            max_object_size: size_arg("max_object_size", max_object_size)?,
+            dump_dir,
+            shards: shards_arg(shards)?,
+            max_disk_size: size_arg("max_disk_size", max_disk_size)?,
+        };
+        StoreCore::open(py, settings, |builder| builder)
+    }
+
+    fn __getitem__<'py>(&self, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        let py = key.py();
+        let Some(k) = key_str(key)? else {
+            return Err(key_error(key));
+        };
+        match self.try_store(py, |s| s.get(&*k))? {
+            Some(value) => to_py_bytes(py, &value),
+            None => Err(key_error(key)),
+        }
+    }
+
+    fn __setitem__(&self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = key.py();
+        let Some(k) = key_str(key)? else {
+            return Err(PyTypeError::new_err(format!(
+                "keys must be str, not {}",
+                key.get_type().name()?
+            )));
+        };
+        let k = k.into_owned();
+        if let Ok(bytes) = value.cast::<PyBytes>() {
+            // `bytes` are immutable and `value` keeps this one alive: the copy
+            // can be made without the GIL, along with the insert.
+            let data = bytes.as_bytes();
+            return self.try_store(py, |s| s.insert(k, Bytes::copy_from_slice(data)));
+        }
+        let data = if let Ok(array) = value.cast::<PyByteArray>() {
+            array.to_vec()
+        } else {
+            // Any other buffer (memoryview, array, mmap, ...): a contiguous copy.
+            let view = PyMemoryView::from(value)?;
+            let copy = view.call_method0("tobytes")?;
+            copy.cast::<PyBytes>()?.as_bytes().to_vec()
+        };
+        self.try_store(py, |s| s.insert(k, data))
+    }
+
+    fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = key.py();
+        let Some(k) = key_str(key)? else {
+            return Err(key_error(key));
+        };
+        if self.try_store(py, |s| s.remove(&*k))? {
+            Ok(())
+        } else {
+            Err(key_error(key))
+        }
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Some(k) = key_str(key)? else {
+            return Ok(false);
+        };
+        self.with_store(key.py(), |s| s.contains_key(&*k))
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_store(py, |s| s.len())
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        let keys = self.with_store(py, |s| s.keys())?;
+        PyList::new(py, keys)?.try_iter()
+    }
+
+    /// The value of `key` (a copy, as `bytes`), or `default` if absent.
+    #[pyo3(signature = (key, default=None))]
+    fn get<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = key.py();
+        let default = || default.unwrap_or_else(|| py.None().into_bound(py));
+        let Some(k) = key_str(key)? else {
+            return Ok(default());
+        };
+        match self.try_store(py, |s| s.get(&*k))? {
+            Some(value) => Ok(to_py_bytes(py, &value)?.into_any()),
+            None => Ok(default()),
+        }
+    }
+
+    /// `"memory"`, `"file"` or `None`; does not change the LRU order.
+    fn location(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<&'static str>> {
+        let Some(k) = key_str(key)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .with_store(key.py(), |s| s.location(&*k))?
+            .map(location_name))
+    }
+
+    /// For the async storage: the value of `key` if it is in memory (a get,
+    /// which marks it recently used), `None` if absent, and `on_disk` without
+    /// reading anything if it was spilled (the caller reloads it off the event loop).
+    fn _get_if_resident<'py>(
+        &self,
+        key: &Bound<'py, PyString>,
+        on_disk: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = key.py();
+        let k = key_str(key.as_any())?.expect("a str");
+        let found = self.try_store(py, |s| match s.location(&*k) {
+            Some(Location::Memory) => s.get(&*k).map(|v| v.map(Ok)),
+            Some(Location::File) => Ok(Some(Err(()))),
+            None => Ok(None),
+        })?;
+        match found {
+            Some(Ok(value)) => Ok(to_py_bytes(py, &value)?.into_any()),
+            Some(Err(())) => Ok(on_disk),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+
+    /// Sizes and activity counters, as a dict of the library's `Stats` fields.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.with_store(py, |s| s.stats())?;
+        let dict = PyDict::new(py);
+        dict.set_item("entries", st.entries)?;
+        dict.set_item("memory_entries", st.memory_entries)?;
+        dict.set_item("disk_entries", st.disk_entries)?;
+        dict.set_item("memory_bytes", st.memory_bytes)?;
+        dict.set_item("disk_bytes", st.disk_bytes)?;
+        dict.set_item("max_size", st.max_size)?;
+        dict.set_item("spill_files", st.spill_files)?;
+        dict.set_item("spill_file_bytes", st.spill_file_bytes)?;
+        dict.set_item("hits", st.hits)?;
+        dict.set_item("misses", st.misses)?;
+        dict.set_item("reloads", st.reloads)?;
+        dict.set_item("reloaded_bytes", st.reloaded_bytes)?;
+        dict.set_item("spills", st.spills)?;
+        dict.set_item("spilled_bytes", st.spilled_bytes)?;
+        dict.set_item("respills", st.respills)?;
+        dict.set_item("corruptions", st.corruptions)?;
+        dict.set_item("compactions", st.compactions)?;
+        dict.set_item("compacted_bytes", st.compacted_bytes)?;
+        Ok(dict)
+    }
+
+    /// Removes every key and deletes every spilled file.
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.try_store(py, |s| s.clear())
+    }
+
+    /// Clears the store and removes its dump dir if only the store's files
+    /// were in it. The store cannot be used afterwards; calling it again
+    /// does nothing.
+    fn cleanup(&self, py: Python<'_>) -> PyResult<()> {
+        let result = py.detach(|| {
+            // Waits for the operations in flight, which hold the lock for reading.
+            let store = self.store.write().take();
+            store.map(SpillStore::cleanup)
+        });
+        match result {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(to_py_err(py, e)),
+        }
+    }
+
+    /// Whether `cleanup()` has run.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.store.read().is_none()
+    }
+
+    /// The in-memory budget in bytes, or `None` for an unbounded store.
+    #[getter]
+    fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    /// The largest value accepted, in bytes, or `None`.
+    #[getter]
+    fn max_object_size(&self) -> Option<u64> {
+        self.max_object_size
+    }
+
+    /// The dump directory as given, or `None`.
+    #[getter]
+    fn dump_dir(&self) -> Option<String> {
+        self.dump_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned())
+    }
+
+    /// The number of shards (a power of two).
+    #[getter]
+    fn shards(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_store(py, |s| s.shard_count())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.get_type().qualname()?;
+        let this = slf.get();
+        let Some(st) = slf
+            .py()
+            .detach(|| this.store.read().as_ref().map(|s| s.stats()))
+        else {
+            return Ok(format!("<{name} (cleaned up)>"));
+        };
+        let max_size = this.max_size.map_or("None".to_string(), |m| m.to_string());
+        let dump_dir = match this.dump_dir() {
+            Some(dir) => PyString::new(slf.py(), &dir).repr()?.to_string(),
+            None => "None".to_string(),
+        };
+        Ok(format!(
+            "<{name} entries={} memory_bytes={} disk_bytes={} max_size={max_size} dump_dir={dump_dir}>",
+            st.entries, st.memory_bytes, st.disk_bytes,
+        ))
+    }
+}
+
+/// The store behind `spillstore.EndpointStorage`: ProxyStore 0.4.x's
+/// arguments and its exact, global LRU order.
+#[pyclass(module = "spillstore._spillstore", extends = StoreCore, subclass, frozen)]
+pub(crate) struct EndpointStorageCore;
+
+#[pymethods]
+impl EndpointStorageCore {
+    #[new]
+    #[pyo3(signature = (max_size=None, max_object_size=None, dump_dir=None))]
+    fn new(
+        py: Python<'_>,
+        max_size: Option<i128>,
+        max_object_size: Option<i128>,
+        dump_dir: Option<PathBuf>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let settings = Settings {
+            max_size: size_arg("max_size", max_size)?,
+            max_object_size: size_arg("max_object_size", max_object_size)?,
+            dump_dir,
+            shards: None,
+            max_disk_size: None,
+        };
+        let core = StoreCore::open(py, settings, endpoint_storage_order)?;
+        Ok(PyClassInitializer::from(core).add_subclass(EndpointStorageCore))
+    }
+}
