@@ -8,6 +8,7 @@ its exception catches ours.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple, Type
 
 __all__ = ['CorruptedError', 'DirLockedError', 'ObjectSizeExceededError']
@@ -15,9 +16,13 @@ __all__ = ['CorruptedError', 'DirLockedError', 'ObjectSizeExceededError']
 
 def _proxystore_bases() -> Tuple[Type[Exception], ...]:
     try:
-        from proxystore.endpoint.exceptions import (
-            ObjectSizeExceededError as ProxyStoreObjectSizeExceededError,
-        )
+        with warnings.catch_warnings():
+            # ProxyStore 0.4.x warns that its endpoints are experimental on
+            # import: not news to someone who merely imports spillstore.
+            warnings.simplefilter('ignore')
+            from proxystore.endpoint.exceptions import (
+                ObjectSizeExceededError as ProxyStoreObjectSizeExceededError,
+            )
     except ImportError:  # ProxyStore is optional.
         return ()
     return (ProxyStoreObjectSizeExceededError,)
