@@ -1,0 +1,468 @@
+"""The issue's goals for the Python package, measured side by side in one run.
+
+    python python/benchmarks/bench.py --proxystore-041-python PATH [--reps 5] [--json FILE]
+
+Run it with the interpreter of an environment that has spillstore and
+ProxyStore 1.x installed; PATH is the interpreter of one with spillstore and
+ProxyStore 0.4.1 (the two ProxyStore versions cannot share an environment),
+in which this script runs its 0.4.1 part. Every figure is the median of
+`--reps` repetitions; the machine, Python and package versions are printed
+with the table.
+
+Workloads (seeded, so every store sees the same operations):
+- hits: 1 KiB values, all in memory, read through `s[k]` (and `dict`, and a
+  plain 1 KiB `bytes` copy, for reference).
+- async hits: the same through ProxyStore 1.x's async `Storage` protocol:
+  `await storage.get(k)` on SpillStorage and on ProxyStore's DictStorage.
+- zipf: 64 KiB values, working set 4x the memory budget, keys drawn from a
+  Zipf(0.99) distribution, 90% gets / 10% sets (overwrites); through `s[k]`
+  on SpillStore and EndpointStorage (ours), ProxyStore 0.4.1's
+  EndpointStorage, and through `await` on SpillStorage and ProxyStore 1.1.0's
+  SQLiteStorage (a database file: the only 1.x storage that bounds memory).
+- threads: the zipf workload on one SpillStore from 1 and from 2 Python threads.
+- copy: what returning a `bytes` copy costs for a 64 KiB value.
+- loop: the longest an event loop stalls while SpillStorage reloads and
+  spills 4 MiB values, against the same calls made inline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+KIB = 1 << 10
+MIB = 1 << 20
+
+
+def median_rate(reps: int, run: Callable[[], Tuple[int, float]]) -> float:
+    """Median of `reps` runs of ops/second; `run` returns (ops, seconds)."""
+    rates = []
+    for _ in range(reps):
+        ops, seconds = run()
+        rates.append(ops / seconds)
+    return statistics.median(rates)
+
+
+# --------------------------------------------------------------------- hits
+
+
+def hit_keys(n_keys: int, n_ops: int) -> List[str]:
+    rng = random.Random(1)
+    return [str(rng.randrange(n_keys)) for _ in range(n_ops)]
+
+
+def bench_hits(reps: int) -> Dict[str, float]:
+    import spillstore
+
+    n_keys, n_ops = 1000, 500_000
+    value = os.urandom(KIB)
+    keys = hit_keys(n_keys, n_ops)
+    s = spillstore.SpillStore()
+    d = {}
+    for i in range(n_keys):
+        s[str(i)] = value
+        d[str(i)] = value
+
+    def loop(get: Callable[[str], Any]) -> Tuple[int, float]:
+        t = time.perf_counter()
+        for k in keys:
+            get(k)
+        return len(keys), time.perf_counter() - t
+
+    def copy_loop() -> Tuple[int, float]:
+        source = bytearray(value)
+        t = time.perf_counter()
+        for _ in keys:
+            bytes(source)
+        return len(keys), time.perf_counter() - t
+
+    out = {
+        'spillstore s[k]': median_rate(reps, lambda: loop(s.__getitem__)),
+        'spillstore s.get(k)': median_rate(reps, lambda: loop(s.get)),
+        'dict d[k]': median_rate(reps, lambda: loop(d.__getitem__)),
+        'bytes copy of 1 KiB': median_rate(reps, copy_loop),
+    }
+    s.cleanup()
+    return out
+
+
+def bench_async_hits(reps: int) -> Dict[str, float]:
+    from proxystore.endpoint.storage import DictStorage
+
+    from spillstore.proxystore import SpillStorage
+
+    n_keys, n_ops = 1000, 300_000
+    value = os.urandom(KIB)
+    keys = hit_keys(n_keys, n_ops)
+
+    async def run(storage: Any) -> Tuple[int, float]:
+        for i in range(n_keys):
+            await storage.set(str(i), value)
+        t = time.perf_counter()
+        for k in keys:
+            await storage.get(k)
+        seconds = time.perf_counter() - t
+        await storage.close()
+        return len(keys), seconds
+
+    return {
+        'SpillStorage await get': median_rate(reps, lambda: asyncio.run(run(SpillStorage()))),
+        'DictStorage await get': median_rate(reps, lambda: asyncio.run(run(DictStorage()))),
+    }
+
+
+# --------------------------------------------------------------------- zipf
+
+BUDGET = 16 * MIB
+VALUE = 64 * KIB
+WORKING_SET = 4 * BUDGET
+N_KEYS = WORKING_SET // VALUE
+
+
+def zipf_ops(n_ops: int, seed: int) -> List[Tuple[bool, str]]:
+    """(is_get, key) pairs: Zipf(0.99) over N_KEYS keys, 90% gets."""
+    weights = [1 / (rank + 1) ** 0.99 for rank in range(N_KEYS)]
+    total = sum(weights)
+    cumulative, acc = [], 0.0
+    for w in weights:
+        acc += w / total
+        cumulative.append(acc)
+    rng = random.Random(seed)
+    order = list(range(N_KEYS))
+    rng.shuffle(order)  # popularity is not key order
+    ops = []
+    for _ in range(n_ops):
+        rank = min(bisect.bisect(cumulative, rng.random()), N_KEYS - 1)
+        ops.append((rng.random() < 0.9, f'key-{order[rank]}'))
+    return ops
+
+
+def zipf_values() -> List[bytes]:
+    return [os.urandom(VALUE) for _ in range(8)]
+
+
+def run_zipf_sync(store: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
+    for i in range(N_KEYS):
+        store[f'key-{i}'] = values[i % len(values)]
+    t = time.perf_counter()
+    for n, (is_get, key) in enumerate(ops):
+        if is_get:
+            store[key]
+        else:
+            store[key] = values[n % len(values)]
+    return len(ops), time.perf_counter() - t
+
+
+async def run_zipf_async(storage: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
+    for i in range(N_KEYS):
+        await storage.set(f'key-{i}', values[i % len(values)])
+    t = time.perf_counter()
+    for n, (is_get, key) in enumerate(ops):
+        if is_get:
+            await storage.get(key)
+        else:
+            await storage.set(key, values[n % len(values)])
+    seconds = time.perf_counter() - t
+    return len(ops), seconds
+
+
+def fresh_dir() -> str:
+    return tempfile.mkdtemp(prefix='spillstore-bench-')
+
+
+def bench_zipf_ours(reps: int, n_ops: int) -> Dict[str, float]:
+    import spillstore
+
+    ops, values = zipf_ops(n_ops, seed=7), zipf_values()
+
+    def store_run(make: Callable[[str], Any]) -> Tuple[int, float]:
+        d = fresh_dir()
+        s = make(os.path.join(d, 'dump'))
+        try:
+            return run_zipf_sync(s, ops, values)
+        finally:
+            s.cleanup()
+            shutil.rmtree(d, ignore_errors=True)
+
+    return {
+        'SpillStore s[k] (default shards)': median_rate(
+            reps, lambda: store_run(lambda d: spillstore.SpillStore(BUDGET, dump_dir=d))
+        ),
+        'EndpointStorage s[k] (ours: 1 shard, exact LRU)': median_rate(
+            reps, lambda: store_run(lambda d: spillstore.EndpointStorage(BUDGET, dump_dir=d))
+        ),
+    }
+
+
+def bench_zipf_async(reps: int, n_ops: int, sqlite_ops: int) -> Dict[str, float]:
+    from proxystore.endpoint.storage import SQLiteStorage
+
+    from spillstore.proxystore import SpillStorage
+
+    values = zipf_values()
+
+    def spill() -> Tuple[int, float]:
+        d = fresh_dir()
+        try:
+            return asyncio.run(
+                close_after(SpillStorage(BUDGET, os.path.join(d, 'dump')), zipf_ops(n_ops, 7), values)
+            )
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def sqlite() -> Tuple[int, float]:
+        d = fresh_dir()
+        try:
+            return asyncio.run(
+                close_after(SQLiteStorage(os.path.join(d, 'blobs.db')), zipf_ops(sqlite_ops, 7), values)
+            )
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    return {
+        'SpillStorage await': median_rate(reps, spill),
+        'ProxyStore 1.1.0 SQLiteStorage await': median_rate(reps, sqlite),
+    }
+
+
+async def close_after(storage: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
+    try:
+        return await run_zipf_async(storage, ops, values)
+    finally:
+        await storage.close()
+
+
+def bench_zipf_041(reps: int, n_ops: int) -> Dict[str, float]:
+    """Runs in the ProxyStore 0.4.1 environment."""
+    import warnings
+
+    warnings.simplefilter('ignore')
+    from proxystore.endpoint.storage import EndpointStorage
+
+    ops, values = zipf_ops(n_ops, seed=7), zipf_values()
+
+    def run() -> Tuple[int, float]:
+        d = fresh_dir()
+        s = EndpointStorage(max_size=BUDGET, dump_dir=os.path.join(d, 'dump'))
+        try:
+            return run_zipf_sync(s, ops, values)
+        finally:
+            s.cleanup()
+            shutil.rmtree(d, ignore_errors=True)
+
+    return {'ProxyStore 0.4.1 EndpointStorage s[k]': median_rate(reps, run)}
+
+
+def bench_threads(reps: int, n_ops: int) -> Dict[str, float]:
+    import spillstore
+
+    values = zipf_values()
+    per_thread = [zipf_ops(n_ops, seed=100 + t) for t in range(2)]
+
+    def run(threads: int) -> Tuple[int, float]:
+        d = fresh_dir()
+        s = spillstore.SpillStore(BUDGET, dump_dir=os.path.join(d, 'dump'))
+        for i in range(N_KEYS):
+            s[f'key-{i}'] = values[i % len(values)]
+        barrier = threading.Barrier(threads + 1)
+
+        def work(ops: List[Tuple[bool, str]]) -> None:
+            barrier.wait()
+            for n, (is_get, key) in enumerate(ops):
+                if is_get:
+                    s[key]
+                else:
+                    s[key] = values[n % len(values)]
+
+        pool = [threading.Thread(target=work, args=(per_thread[t],)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        barrier.wait()
+        t = time.perf_counter()
+        for th in pool:
+            th.join()
+        seconds = time.perf_counter() - t
+        s.cleanup()
+        shutil.rmtree(d, ignore_errors=True)
+        return threads * n_ops, seconds
+
+    return {
+        'SpillStore, 1 thread': median_rate(reps, lambda: run(1)),
+        'SpillStore, 2 threads (total)': median_rate(reps, lambda: run(2)),
+    }
+
+
+def bench_copy(reps: int) -> Dict[str, float]:
+    """Per-call time (ns) of a 64 KiB resident get and of a bare 64 KiB copy."""
+    import spillstore
+
+    s = spillstore.SpillStore()
+    value = os.urandom(VALUE)
+    for i in range(64):
+        s[str(i)] = value
+    keys = [str(i % 64) for i in range(20_000)]
+
+    def get_loop() -> Tuple[int, float]:
+        t = time.perf_counter()
+        for k in keys:
+            s[k]
+        return len(keys), time.perf_counter() - t
+
+    def copy_loop() -> Tuple[int, float]:
+        sources = [bytearray(value) for _ in range(64)]
+        t = time.perf_counter()
+        for i in range(len(keys)):
+            bytes(sources[i % 64])
+        return len(keys), time.perf_counter() - t
+
+    out = {
+        '64 KiB resident get s[k] (ns)': 1e9 / median_rate(reps, get_loop),
+        '64 KiB bytes copy (ns)': 1e9 / median_rate(reps, copy_loop),
+    }
+    s.cleanup()
+    return out
+
+
+def bench_loop(reps: int) -> Dict[str, float]:
+    """Longest event-loop stall (ms) during 4 MiB reloads and spills."""
+    from spillstore.proxystore import SpillStorage
+
+    class Inline(SpillStorage):
+        async def get(self, key: str, default: Any = None) -> Any:
+            return self.store.get(key, default)
+
+        async def set(self, key: str, blob: bytes) -> None:
+            self.store[key] = blob
+
+    async def run(cls: type) -> float:
+        d = fresh_dir()
+        storage = cls(8 * MIB, os.path.join(d, 'dump'), shards=1)
+        values = {f'k{i}': bytes([i]) * (4 * MIB) for i in range(16)}
+        for k, v in values.items():
+            await storage.set(k, v)
+        stop, max_gap = False, 0.0
+
+        async def ticker() -> None:
+            nonlocal max_gap
+            last = time.perf_counter()
+            while not stop:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                max_gap, last = max(max_gap, now - last), now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        for _ in range(2):
+            for k in values:
+                await storage.get(k)
+        stop = True
+        await task
+        await storage.close()
+        shutil.rmtree(d, ignore_errors=True)
+        return max_gap * 1e3
+
+    return {
+        'SpillStorage: longest stall (ms)': statistics.median(
+            asyncio.run(run(SpillStorage)) for _ in range(reps)
+        ),
+        'same calls inline: longest stall (ms)': statistics.median(
+            asyncio.run(run(Inline)) for _ in range(reps)
+        ),
+    }
+
+
+# --------------------------------------------------------------------- main
+
+
+def versions() -> Dict[str, str]:
+    import importlib.metadata as md
+
+    out = {'python': platform.python_version(), 'machine': f'{platform.machine()}, {os.cpu_count()} cores'}
+    for name in ('spillstore', 'proxystore'):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = 'not installed'
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--reps', type=int, default=5, help='repetitions per figure (median)')
+    parser.add_argument('--zipf-ops', type=int, default=20_000, help='operations per zipf run')
+    parser.add_argument('--sqlite-ops', type=int, default=5_000, help='operations per SQLite zipf run')
+    parser.add_argument('--proxystore-041-python', help='interpreter with ProxyStore 0.4.1 and spillstore')
+    parser.add_argument('--json', help='also write the figures to this file')
+    parser.add_argument('--only-041', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.only_041:
+        print(json.dumps(bench_zipf_041(args.reps, args.zipf_ops)))
+        return 0
+
+    results: Dict[str, Dict[str, float]] = {}
+    print(f'versions: {versions()}', flush=True)
+    results['hits (1 KiB, ops/s)'] = bench_hits(args.reps)
+    results['async hits (1 KiB, ops/s)'] = bench_async_hits(args.reps)
+    zipf = bench_zipf_ours(args.reps, args.zipf_ops)
+    if args.proxystore_041_python:
+        done = subprocess.run(
+            [args.proxystore_041_python, __file__, '--only-041', '--reps', str(args.reps),
+             '--zipf-ops', str(args.zipf_ops)],
+            check=True, capture_output=True, text=True,
+        )
+        zipf.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    results['zipf 64 KiB, 4x budget, 90/10 (ops/s)'] = zipf
+    results['zipf async (ops/s)'] = bench_zipf_async(args.reps, args.zipf_ops, args.sqlite_ops)
+    results['threads, zipf (ops/s)'] = bench_threads(args.reps, args.zipf_ops)
+    results['copy (ns per call)'] = bench_copy(args.reps)
+    results['event loop (ms)'] = bench_loop(args.reps)
+
+    for section, figures in results.items():
+        print(f'\n{section}')
+        for name, value in figures.items():
+            print(f'  {name:52} {value:>14,.0f}' if value >= 100 else f'  {name:52} {value:>14.2f}')
+
+    hits, ah, z, za, th, cp = (
+        results['hits (1 KiB, ops/s)'], results['async hits (1 KiB, ops/s)'],
+        results['zipf 64 KiB, 4x budget, 90/10 (ops/s)'], results['zipf async (ops/s)'],
+        results['threads, zipf (ops/s)'], results['copy (ns per call)'],
+    )
+    print('\ngoals')
+    print(f"  1 KiB hits via s[k] >= 2 M/s: {hits['spillstore s[k]'] / 1e6:.2f} M/s")
+    print(f"  await SpillStorage within 2x of DictStorage: "
+          f"{ah['DictStorage await get'] / ah['SpillStorage await get']:.2f}x slower")
+    if 'ProxyStore 0.4.1 EndpointStorage s[k]' in z:
+        print(f"  zipf >= 3x ProxyStore 0.4.1 EndpointStorage: "
+              f"{z['SpillStore s[k] (default shards)'] / z['ProxyStore 0.4.1 EndpointStorage s[k]']:.1f}x "
+              f"(our EndpointStorage: "
+              f"{z['EndpointStorage s[k] (ours: 1 shard, exact LRU)'] / z['ProxyStore 0.4.1 EndpointStorage s[k]']:.1f}x)")
+    print(f"  zipf async >= 30x SQLiteStorage: "
+          f"{za['SpillStorage await'] / za['ProxyStore 1.1.0 SQLiteStorage await']:.1f}x")
+    print(f"  2 threads >= 1.5x 1 thread: "
+          f"{th['SpillStore, 2 threads (total)'] / th['SpillStore, 1 thread']:.2f}x")
+    per_op = 1e9 / z['SpillStore s[k] (default shards)']
+    print(f"  bytes copy of 64 KiB: {cp['64 KiB bytes copy (ns)']:.0f} ns = "
+          f"{cp['64 KiB bytes copy (ns)'] / per_op * 100:.0f}% of a zipf op ({per_op:.0f} ns), "
+          f"{cp['64 KiB bytes copy (ns)'] / cp['64 KiB resident get s[k] (ns)'] * 100:.0f}% of a resident 64 KiB get")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'versions': versions(), 'results': results}, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
