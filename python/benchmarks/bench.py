@@ -47,13 +47,16 @@ KIB = 1 << 10
 MIB = 1 << 20
 
 
-def median_rate(reps: int, run: Callable[[], Tuple[int, float]]) -> float:
-    """Median of `reps` runs of ops/second; `run` returns (ops, seconds)."""
-    rates = []
+def compare(reps: int, runs: Dict[str, Callable[[], Tuple[int, float]]]) -> Dict[str, float]:
+    """Median ops/second of each run over `reps` rounds; each `run` returns
+    (ops, seconds). The runs take turns within a round, so that a change in
+    the machine's load (it is shared) hits all of them alike."""
+    rates: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(reps):
-        ops, seconds = run()
-        rates.append(ops / seconds)
-    return statistics.median(rates)
+        for name, run in runs.items():
+            ops, seconds = run()
+            rates[name].append(ops / seconds)
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 # --------------------------------------------------------------------- hits
@@ -89,12 +92,12 @@ def bench_hits(reps: int) -> Dict[str, float]:
             bytes(source)
         return len(keys), time.perf_counter() - t
 
-    out = {
-        'spillstore s[k]': median_rate(reps, lambda: loop(s.__getitem__)),
-        'spillstore s.get(k)': median_rate(reps, lambda: loop(s.get)),
-        'dict d[k]': median_rate(reps, lambda: loop(d.__getitem__)),
-        'bytes copy of 1 KiB': median_rate(reps, copy_loop),
-    }
+    out = compare(reps, {
+        'spillstore s[k]': lambda: loop(s.__getitem__),
+        'spillstore s.get(k)': lambda: loop(s.get),
+        'dict d[k]': lambda: loop(d.__getitem__),
+        'bytes copy of 1 KiB': copy_loop,
+    })
     s.cleanup()
     return out
 
@@ -118,10 +121,10 @@ def bench_async_hits(reps: int) -> Dict[str, float]:
         await storage.close()
         return len(keys), seconds
 
-    return {
-        'SpillStorage await get': median_rate(reps, lambda: asyncio.run(run(SpillStorage()))),
-        'DictStorage await get': median_rate(reps, lambda: asyncio.run(run(DictStorage()))),
-    }
+    return compare(reps, {
+        'SpillStorage await get': lambda: asyncio.run(run(SpillStorage())),
+        'DictStorage await get': lambda: asyncio.run(run(DictStorage())),
+    })
 
 
 # --------------------------------------------------------------------- zipf
@@ -197,14 +200,14 @@ def bench_zipf_ours(reps: int, n_ops: int) -> Dict[str, float]:
             s.cleanup()
             shutil.rmtree(d, ignore_errors=True)
 
-    return {
-        'SpillStore s[k] (default shards)': median_rate(
-            reps, lambda: store_run(lambda d: spillstore.SpillStore(BUDGET, dump_dir=d))
+    return compare(reps, {
+        'SpillStore s[k] (default shards)': lambda: store_run(
+            lambda d: spillstore.SpillStore(BUDGET, dump_dir=d)
         ),
-        'EndpointStorage s[k] (ours: 1 shard, exact LRU)': median_rate(
-            reps, lambda: store_run(lambda d: spillstore.EndpointStorage(BUDGET, dump_dir=d))
+        'EndpointStorage s[k] (ours: 1 shard, exact LRU)': lambda: store_run(
+            lambda d: spillstore.EndpointStorage(BUDGET, dump_dir=d)
         ),
-    }
+    })
 
 
 def bench_zipf_async(reps: int, n_ops: int, sqlite_ops: int) -> Dict[str, float]:
@@ -232,10 +235,10 @@ def bench_zipf_async(reps: int, n_ops: int, sqlite_ops: int) -> Dict[str, float]
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    return {
-        'SpillStorage await': median_rate(reps, spill),
-        'ProxyStore 1.1.0 SQLiteStorage await': median_rate(reps, sqlite),
-    }
+    return compare(reps, {
+        'SpillStorage await': spill,
+        'ProxyStore 1.1.0 SQLiteStorage await': sqlite,
+    })
 
 
 async def close_after(storage: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
@@ -252,18 +255,27 @@ def bench_zipf_041(reps: int, n_ops: int) -> Dict[str, float]:
     warnings.simplefilter('ignore')
     from proxystore.endpoint.storage import EndpointStorage
 
+    class Overwritable(EndpointStorage):  # type: ignore[misc]
+        """0.4.1 crashes on a later spill after a key is overwritten in place
+        (the key is queued twice in its LRU), so a set removes the old value first."""
+
+        def __setitem__(self, key: str, value: bytes) -> None:
+            if key in self:
+                del self[key]
+            super().__setitem__(key, value)
+
     ops, values = zipf_ops(n_ops, seed=7), zipf_values()
 
     def run() -> Tuple[int, float]:
         d = fresh_dir()
-        s = EndpointStorage(max_size=BUDGET, dump_dir=os.path.join(d, 'dump'))
+        s = Overwritable(max_size=BUDGET, dump_dir=os.path.join(d, 'dump'))
         try:
             return run_zipf_sync(s, ops, values)
         finally:
             s.cleanup()
             shutil.rmtree(d, ignore_errors=True)
 
-    return {'ProxyStore 0.4.1 EndpointStorage s[k]': median_rate(reps, run)}
+    return compare(reps, {'ProxyStore 0.4.1 EndpointStorage s[k]': run})
 
 
 def bench_threads(reps: int, n_ops: int) -> Dict[str, float]:
@@ -299,10 +311,10 @@ def bench_threads(reps: int, n_ops: int) -> Dict[str, float]:
         shutil.rmtree(d, ignore_errors=True)
         return threads * n_ops, seconds
 
-    return {
-        'SpillStore, 1 thread': median_rate(reps, lambda: run(1)),
-        'SpillStore, 2 threads (total)': median_rate(reps, lambda: run(2)),
-    }
+    return compare(reps, {
+        'SpillStore, 1 thread': lambda: run(1),
+        'SpillStore, 2 threads (total)': lambda: run(2),
+    })
 
 
 def bench_copy(reps: int) -> Dict[str, float]:
@@ -328,9 +340,10 @@ def bench_copy(reps: int) -> Dict[str, float]:
             bytes(sources[i % 64])
         return len(keys), time.perf_counter() - t
 
+    rates = compare(reps, {'get': get_loop, 'copy': copy_loop})
     out = {
-        '64 KiB resident get s[k] (ns)': 1e9 / median_rate(reps, get_loop),
-        '64 KiB bytes copy (ns)': 1e9 / median_rate(reps, copy_loop),
+        '64 KiB resident get s[k] (ns)': 1e9 / rates['get'],
+        '64 KiB bytes copy (ns)': 1e9 / rates['copy'],
     }
     s.cleanup()
     return out
@@ -420,10 +433,12 @@ def main() -> int:
     zipf = bench_zipf_ours(args.reps, args.zipf_ops)
     if args.proxystore_041_python:
         done = subprocess.run(
-            [args.proxystore_041_python, __file__, '--only-041', '--reps', str(args.reps),
+            [os.path.abspath(args.proxystore_041_python), os.path.abspath(__file__), '--only-041', '--reps', str(args.reps),
              '--zipf-ops', str(args.zipf_ops)],
-            check=True, capture_output=True, text=True,
+            check=False, capture_output=True, text=True,
         )
+        if done.returncode != 0:
+            sys.exit(f'the ProxyStore 0.4.1 part failed:\n{done.stderr}')
         zipf.update(json.loads(done.stdout.strip().splitlines()[-1]))
     results['zipf 64 KiB, 4x budget, 90/10 (ops/s)'] = zipf
     results['zipf async (ops/s)'] = bench_zipf_async(args.reps, args.zipf_ops, args.sqlite_ops)
