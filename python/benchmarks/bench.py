@@ -157,13 +157,16 @@ def zipf_values() -> List[bytes]:
     return [os.urandom(VALUE) for _ in range(8)]
 
 
-def run_zipf_sync(store: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
+def run_zipf_sync(
+    store: Any, ops: List[Tuple[bool, str]], values: List[bytes], views: bool = False
+) -> Tuple[int, float]:
     for i in range(N_KEYS):
         store[f'key-{i}'] = values[i % len(values)]
+    get = store.view if views else store.__getitem__
     t = time.perf_counter()
     for n, (is_get, key) in enumerate(ops):
         if is_get:
-            store[key]
+            get(key)
         else:
             store[key] = values[n % len(values)]
     return len(ops), time.perf_counter() - t
@@ -191,16 +194,22 @@ def bench_zipf_ours(reps: int, n_ops: int) -> Dict[str, float]:
 
     ops, values = zipf_ops(n_ops, seed=7), zipf_values()
 
-    def store_run(make: Callable[[str], Any]) -> Tuple[int, float]:
+    def store_run(make: Callable[[str], Any], views: bool = False) -> Tuple[int, float]:
         d = fresh_dir()
         s = make(os.path.join(d, 'dump'))
         try:
-            return run_zipf_sync(s, ops, values)
+            return run_zipf_sync(s, ops, values, views)
         finally:
             s.cleanup()
             shutil.rmtree(d, ignore_errors=True)
 
+    runs: Dict[str, Callable[[], Tuple[int, float]]] = {}
+    if spillstore._spillstore.ZERO_COPY_VIEWS:
+        runs['SpillStore s.view(k) (zero-copy)'] = lambda: store_run(
+            lambda d: spillstore.SpillStore(BUDGET, dump_dir=d), views=True
+        )
     return compare(reps, {
+        **runs,
         'SpillStore s[k] (default shards)': lambda: store_run(
             lambda d: spillstore.SpillStore(BUDGET, dump_dir=d)
         ),
@@ -333,6 +342,12 @@ def bench_copy(reps: int) -> Dict[str, float]:
             s[k]
         return len(keys), time.perf_counter() - t
 
+    def view_loop() -> Tuple[int, float]:
+        t = time.perf_counter()
+        for k in keys:
+            s.view(k)
+        return len(keys), time.perf_counter() - t
+
     def copy_loop() -> Tuple[int, float]:
         sources = [bytearray(value) for _ in range(64)]
         t = time.perf_counter()
@@ -340,9 +355,10 @@ def bench_copy(reps: int) -> Dict[str, float]:
             bytes(sources[i % 64])
         return len(keys), time.perf_counter() - t
 
-    rates = compare(reps, {'get': get_loop, 'copy': copy_loop})
+    rates = compare(reps, {'get': get_loop, 'view': view_loop, 'copy': copy_loop})
     out = {
         '64 KiB resident get s[k] (ns)': 1e9 / rates['get'],
+        '64 KiB resident s.view(k) (ns)': 1e9 / rates['view'],
         '64 KiB bytes copy (ns)': 1e9 / rates['copy'],
     }
     s.cleanup()
@@ -403,7 +419,14 @@ def bench_loop(reps: int) -> Dict[str, float]:
 def versions() -> Dict[str, str]:
     import importlib.metadata as md
 
-    out = {'python': platform.python_version(), 'machine': f'{platform.machine()}, {os.cpu_count()} cores'}
+    from spillstore import _spillstore
+
+    out = {
+        'python': platform.python_version(),
+        'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+        'load average (1, 5, 15 min)': ', '.join(f'{x:.1f}' for x in os.getloadavg()),
+        'zero-copy views': str(_spillstore.ZERO_COPY_VIEWS),
+    }
     for name in ('spillstore', 'proxystore'):
         try:
             out[name] = md.version(name)
@@ -473,6 +496,7 @@ def main() -> int:
     print(f"  bytes copy of 64 KiB: {cp['64 KiB bytes copy (ns)']:.0f} ns = "
           f"{cp['64 KiB bytes copy (ns)'] / per_op * 100:.0f}% of a zipf op ({per_op:.0f} ns), "
           f"{cp['64 KiB bytes copy (ns)'] / cp['64 KiB resident get s[k] (ns)'] * 100:.0f}% of a resident 64 KiB get")
+    print(f'\nversions at the end: {versions()}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'versions': versions(), 'results': results}, f, indent=2)

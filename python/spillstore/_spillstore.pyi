@@ -3,7 +3,7 @@
 import os
 import sys
 from collections.abc import Iterator
-from typing import Literal, TypeVar, overload
+from typing import Literal, TypeVar, final, overload
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer
@@ -19,8 +19,17 @@ from typing_extensions import disjoint_base
 
 _T = TypeVar('_T')
 
-__all__ = ['EndpointStorageCore', 'StoreCore', '__version__']
+__all__ = ['BytesView', 'EndpointStorageCore', 'StoreCore', 'ZERO_COPY_VIEWS', '__version__']
 __version__: str
+ZERO_COPY_VIEWS: bool
+
+@final
+class BytesView:
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+    # The buffer protocol, as typeshed spells it for every Python version
+    # (the method itself exists at runtime from 3.12 on).
+    def __buffer__(self, flags: int, /) -> memoryview: ...
 
 @disjoint_base
 class StoreCore:
@@ -45,6 +54,7 @@ class StoreCore:
     def get(self, key: str, default: bytes) -> bytes: ...
     @overload
     def get(self, key: str, default: _T) -> bytes | _T: ...
+    def view(self, key: str) -> BytesView | bytes: ...
     def location(self, key: str) -> Literal['memory', 'file'] | None: ...
     def _get_if_resident(self, key: str, on_disk: _T) -> bytes | None | _T: ...
     def stats(self) -> dict[str, int | None]: ...

@@ -23,6 +23,8 @@ use pyo3::prelude::*;
 fn _spillstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::StoreCore>()?;
     m.add_class::<store::EndpointStorageCore>()?;
+    m.add_class::<store::BytesView>()?;
+    m.add("ZERO_COPY_VIEWS", store::ZERO_COPY_VIEWS)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -87,6 +87,11 @@ fn location_name(py: Python<'_>, location: Location) -> &Bound<'_, PyString> {
 
 /// The store behind `spillstore.SpillStore`. Not for direct use: it lacks
 /// the mapping mixins; use `spillstore.SpillStore`.
+///
+/// Example:
+///     >>> import spillstore
+///     >>> isinstance(spillstore.SpillStore(), spillstore._spillstore.StoreCore)
+///     True
 #[pyclass(module = "spillstore._spillstore", subclass, frozen)]
 pub(crate) struct StoreCore {
     /// `None` once `cleanup()` has run. Held for reading (by any number of
@@ -225,6 +230,13 @@ impl StoreCore {
     }
 
     /// The value of `key` (a copy, as `bytes`), or `default` if absent.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> s = spillstore.SpillStore()
+    ///     >>> s['k'] = b'v'
+    ///     >>> s.get('k'), s.get('x'), s.get('x', b'-')
+    ///     (b'v', None, b'-')
     #[pyo3(signature = (key, default=None))]
     fn get<'py>(
         &self,
@@ -242,7 +254,38 @@ impl StoreCore {
         }
     }
 
+    /// The value of `key` without copying it (a `BytesView`) where the build
+    /// supports it (the wheel for the 3.11 stable ABI: `ZERO_COPY_VIEWS`),
+    /// else as a `bytes` copy: either way a read-only bytes-like object, and a
+    /// get (it reloads a spilled value). Raises `KeyError(key)` if absent.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> s = spillstore.SpillStore()
+    ///     >>> s['k'] = b'value'
+    ///     >>> m = memoryview(s.view('k'))
+    ///     >>> m.readonly, m.tobytes()
+    ///     (True, b'value')
+    fn view<'py>(&self, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = key.py();
+        let Some(k) = key_str(key)? else {
+            return Err(key_error(key));
+        };
+        match self.try_store(py, |s| s.get(k))? {
+            Some(value) if ZERO_COPY_VIEWS => Ok(Bound::new(py, BytesView { value })?.into_any()),
+            Some(value) => Ok(to_py_bytes(py, &value)?.into_any()),
+            None => Err(key_error(key)),
+        }
+    }
+
     /// `"memory"`, `"file"` or `None`; does not change the LRU order.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> s = spillstore.SpillStore()
+    ///     >>> s['k'] = b'v'
+    ///     >>> s.location('k'), s.location('absent')
+    ///     ('memory', None)
     fn location<'py>(&self, key: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyString>>> {
         let Some(k) = key_str(key)? else {
             return Ok(None);
@@ -275,7 +318,19 @@ impl StoreCore {
         }
     }
 
-    /// Sizes and activity counters, as a dict of the library's `Stats` fields.
+    /// Sizes and activity counters, as a dict of the library's `Stats` fields:
+    /// `entries`, `memory_entries`, `disk_entries`, `memory_bytes`,
+    /// `disk_bytes`, `max_size`, `spill_files`, `spill_file_bytes`, `hits`,
+    /// `misses`, `reloads`, `reloaded_bytes`, `spills`, `spilled_bytes`,
+    /// `respills`, `corruptions`, `compactions`, `compacted_bytes`.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> s = spillstore.SpillStore()
+    ///     >>> s['k'] = b'12345'
+    ///     >>> st = s.stats()
+    ///     >>> st['entries'], st['memory_bytes'], st['disk_bytes']
+    ///     (1, 5, 0)
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let st = self.with_store(py, |s| s.stats())?;
         let dict = PyDict::new(py);
@@ -300,14 +355,31 @@ impl StoreCore {
         Ok(dict)
     }
 
-    /// Removes every key and deletes every spilled file.
+    /// Removes every key and deletes every spilled file; the dump dir stays.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> s = spillstore.SpillStore()
+    ///     >>> s['k'] = b'v'
+    ///     >>> s.clear()
+    ///     >>> len(s)
+    ///     0
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         self.try_store(py, |s| s.clear())
     }
 
     /// Clears the store and removes its dump dir if only the store's files
-    /// were in it. The store cannot be used afterwards; calling it again
-    /// does nothing.
+    /// were in it. The store cannot be used afterwards (operations raise
+    /// `ValueError`); calling `cleanup()` again does nothing.
+    ///
+    /// Example:
+    ///     >>> import os, spillstore, tempfile
+    ///     >>> d = os.path.join(tempfile.mkdtemp(), 'dump')
+    ///     >>> s = spillstore.SpillStore(10, dump_dir=d)
+    ///     >>> s['a'], s['b'] = bytes(8), bytes(8)
+    ///     >>> s.cleanup()
+    ///     >>> os.path.exists(d), s.closed
+    ///     (False, True)
     fn cleanup(&self, py: Python<'_>) -> PyResult<()> {
         let result = py.detach(|| {
             // Waits for the operations in flight, which hold the lock for reading.
@@ -321,24 +393,44 @@ impl StoreCore {
     }
 
     /// Whether `cleanup()` has run.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> spillstore.SpillStore().closed
+    ///     False
     #[getter]
     fn closed(&self) -> bool {
         self.store.read().is_none()
     }
 
     /// The in-memory budget in bytes, or `None` for an unbounded store.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> print(spillstore.SpillStore().max_size)
+    ///     None
     #[getter]
     fn max_size(&self) -> Option<u64> {
         self.max_size
     }
 
     /// The largest value accepted, in bytes, or `None`.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> spillstore.SpillStore(max_object_size=1024).max_object_size
+    ///     1024
     #[getter]
     fn max_object_size(&self) -> Option<u64> {
         self.max_object_size
     }
 
     /// The dump directory as given, or `None`.
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> print(spillstore.SpillStore().dump_dir)
+    ///     None
     #[getter]
     fn dump_dir(&self) -> Option<String> {
         self.dump_dir
@@ -347,6 +439,11 @@ impl StoreCore {
     }
 
     /// The number of shards (a power of two).
+    ///
+    /// Example:
+    ///     >>> import spillstore
+    ///     >>> spillstore.SpillStore(shards=3).shards
+    ///     4
     #[getter]
     fn shards(&self, py: Python<'_>) -> PyResult<usize> {
         self.with_store(py, |s| s.shard_count())
@@ -375,6 +472,11 @@ impl StoreCore {
 
 /// The store behind `spillstore.EndpointStorage`: ProxyStore 0.4.x's
 /// arguments and its exact, global LRU order.
+///
+/// Example:
+///     >>> import spillstore
+///     >>> spillstore.EndpointStorage().shards
+///     1
 #[pyclass(module = "spillstore._spillstore", extends = StoreCore, subclass, frozen)]
 pub(crate) struct EndpointStorageCore;
 
@@ -397,5 +499,77 @@ impl EndpointStorageCore {
         };
         let core = StoreCore::open(py, settings, endpoint_storage_order)?;
         Ok(PyClassInitializer::from(core).add_subclass(EndpointStorageCore))
+    }
+}
+
+/// Whether this build's `view()` is zero-copy (see [`BytesView`]).
+pub(crate) const ZERO_COPY_VIEWS: bool =
+    cfg!(all(feature = "abi3-py311", not(feature = "abi3-py39")));
+
+/// A read-only, zero-copy view of a stored value: it exposes the store's own
+/// bytes through the buffer protocol (`memoryview(view)`, `bytes(view)`,
+/// `numpy.frombuffer(view)`, writing it to a socket or file). Made by
+/// `view()` in builds for the 3.11 stable ABI; the value it shows stays
+/// valid as long as the view (or a memoryview of it) lives, whatever
+/// happens to the key meanwhile.
+///
+/// Example:
+///     >>> import spillstore
+///     >>> s = spillstore.SpillStore()
+///     >>> s['k'] = b'abc'
+///     >>> bytes(s.view('k')), len(s.view('k'))
+///     (b'abc', 3)
+#[pyclass(module = "spillstore._spillstore", frozen)]
+pub(crate) struct BytesView {
+    #[cfg_attr(
+        not(all(feature = "abi3-py311", not(feature = "abi3-py39"))),
+        allow(dead_code)
+    )]
+    value: Bytes,
+}
+
+#[pymethods]
+impl BytesView {
+    fn __len__(&self) -> usize {
+        self.value.len()
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        to_py_bytes(py, &self.value)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<BytesView of {} bytes>", self.value.len())
+    }
+
+    /// # Safety
+    ///
+    /// Called by CPython with a valid `view` to fill, holding the GIL.
+    #[cfg(all(feature = "abi3-py311", not(feature = "abi3-py39")))]
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let value = &slf.get().value;
+        // SAFETY: `view` is valid (CPython's contract for this slot). The
+        // memory is `value`'s: immutable, and alive as long as `slf`, which
+        // PyBuffer_FillInfo stores (with a new reference) in `view.obj` and
+        // which a frozen class never changes. readonly = 1, so a request
+        // for a writable buffer fails with BufferError.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                value.as_ptr() as *mut std::os::raw::c_void,
+                value.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,8 @@ def use_store() -> int:
         pairs: dict[str, bytes] = dict(s.items())
         keys: list[str] = list(s)
         popped: bytes = s.pop('c')
+        view = memoryview(s.view('a'))
+        print(view.readonly)
         m: collections.abc.MutableMapping[str, bytes] = s
         del s['b']
         print(value, maybe, either, where, entries, pairs, keys, popped, m)
