@@ -21,11 +21,13 @@ from __future__ import annotations
 from spillstore._errors import CorruptedError
 from spillstore._errors import DirLockedError
 from spillstore._errors import ObjectSizeExceededError
+from spillstore._spillstore import BytesView
 from spillstore._spillstore import __version__
 from spillstore._store import EndpointStorage
 from spillstore._store import SpillStore
 
 __all__ = [
+    'BytesView',
     'CorruptedError',
     'DirLockedError',
     'EndpointStorage',
