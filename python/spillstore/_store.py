@@ -81,9 +81,10 @@ class SpillStore(_spillstore.StoreCore, collections.abc.MutableMapping):  # type
         ...                            shards=1) as s:
         ...     for i in range(20):
         ...         s[str(i)] = bytes([i]) * 10
-        ...     print(s.location('0'), s.location('19'), len(s))
+        ...     st = s.stats()
+        ...     print(st['memory_entries'], st['disk_entries'], len(s))
         ...     print(s['0'] == bytes(10))
-        file memory 20
+        10 10 20
         True
     """
 
