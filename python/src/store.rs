@@ -399,8 +399,8 @@ impl StoreCore {
     ///     >>> spillstore.SpillStore().closed
     ///     False
     #[getter]
-    fn closed(&self) -> bool {
-        self.store.read().is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.store.read().is_none())
     }
 
     /// The in-memory budget in bytes, or `None` for an unbounded store.
