@@ -184,21 +184,23 @@ impl StoreCore {
             )));
         };
         let k = k.to_owned();
-        if let Ok(bytes) = value.cast::<PyBytes>() {
-            // `bytes` are immutable and `value` keeps this one alive: the copy
-            // can be made without the GIL, along with the insert.
-            let data = bytes.as_bytes();
-            return self.try_store(py, |s| s.insert(k, Bytes::copy_from_slice(data)));
+        if let Ok(array) = value.cast::<PyByteArray>() {
+            // Mutable: copied while the GIL keeps other threads from resizing it.
+            let data = array.to_vec();
+            return self.try_store(py, |s| s.insert(k, data));
         }
-        let data = if let Ok(array) = value.cast::<PyByteArray>() {
-            array.to_vec()
-        } else {
-            // Any other buffer (memoryview, array, mmap, ...): a contiguous copy.
-            let view = PyMemoryView::from(value)?;
-            let copy = view.call_method0("tobytes")?;
-            copy.cast::<PyBytes>()?.as_bytes().to_vec()
+        let bytes = match value.cast::<PyBytes>() {
+            Ok(bytes) => bytes.clone(),
+            // Any other buffer (memoryview, array, mmap, ...): its contents
+            // as one contiguous `bytes` (the buffer may be mutable).
+            Err(_) => PyMemoryView::from(value)?
+                .call_method0("tobytes")?
+                .cast_into::<PyBytes>()?,
         };
-        self.try_store(py, |s| s.insert(k, data))
+        // `bytes` are immutable and `bytes` keeps this one alive: the copy
+        // into the store is made without the GIL, along with the insert.
+        let data = bytes.as_bytes();
+        self.try_store(py, |s| s.insert(k, Bytes::copy_from_slice(data)))
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
