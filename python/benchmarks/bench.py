@@ -219,6 +219,21 @@ def bench_zipf_ours(reps: int, n_ops: int) -> Dict[str, float]:
     })
 
 
+def inline_storage() -> type:
+    """SpillStorage doing its reloads and spills on the event loop: what
+    keeping them off it costs, and what it protects against."""
+    from spillstore.proxystore import SpillStorage
+
+    class Inline(SpillStorage):
+        async def get(self, key: str, default: Any = None) -> Any:
+            return self.store.get(key, default)
+
+        async def set(self, key: str, blob: bytes) -> None:
+            self.store[key] = blob
+
+    return Inline
+
+
 def bench_zipf_async(reps: int, n_ops: int, sqlite_ops: int) -> Dict[str, float]:
     from proxystore.endpoint.storage import SQLiteStorage
 
@@ -226,35 +241,63 @@ def bench_zipf_async(reps: int, n_ops: int, sqlite_ops: int) -> Dict[str, float]
 
     values = zipf_values()
 
-    def spill() -> Tuple[int, float]:
+    def spill(clients: int, cls: Any = SpillStorage) -> Tuple[int, float]:
         d = fresh_dir()
         try:
-            return asyncio.run(
-                close_after(SpillStorage(BUDGET, os.path.join(d, 'dump')), zipf_ops(n_ops, 7), values)
-            )
+            return asyncio.run(close_after(
+                cls(BUDGET, os.path.join(d, 'dump')), zipf_ops(n_ops, 7), values, clients
+            ))
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    def sqlite() -> Tuple[int, float]:
+    def sqlite(clients: int) -> Tuple[int, float]:
         d = fresh_dir()
         try:
-            return asyncio.run(
-                close_after(SQLiteStorage(os.path.join(d, 'blobs.db')), zipf_ops(sqlite_ops, 7), values)
-            )
+            return asyncio.run(close_after(
+                SQLiteStorage(os.path.join(d, 'blobs.db')), zipf_ops(sqlite_ops, 7), values, clients
+            ))
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
     return compare(reps, {
-        'SpillStorage await': spill,
-        'ProxyStore 1.1.0 SQLiteStorage await': sqlite,
+        'SpillStorage await': lambda: spill(1),
+        'ProxyStore 1.1.0 SQLiteStorage await': lambda: sqlite(1),
+        'SpillStorage await, 16 concurrent clients': lambda: spill(16),
+        'ProxyStore 1.1.0 SQLiteStorage await, 16 concurrent clients': lambda: sqlite(16),
+        'reference: SpillStorage with disk work inline (blocks the loop)': lambda: spill(1, inline_storage()),
     })
 
 
-async def close_after(storage: Any, ops: List[Tuple[bool, str]], values: List[bytes]) -> Tuple[int, float]:
+async def close_after(
+    storage: Any, ops: List[Tuple[bool, str]], values: List[bytes], clients: int = 1
+) -> Tuple[int, float]:
     try:
-        return await run_zipf_async(storage, ops, values)
+        if clients == 1:
+            return await run_zipf_async(storage, ops, values)
+        return await run_zipf_concurrent(storage, ops, values, clients)
     finally:
         await storage.close()
+
+
+async def run_zipf_concurrent(
+    storage: Any, ops: List[Tuple[bool, str]], values: List[bytes], clients: int
+) -> Tuple[int, float]:
+    """The same operations, issued by `clients` coroutines at once (an
+    endpoint serving several requests), each taking every clients-th one."""
+    for i in range(N_KEYS):
+        await storage.set(f'key-{i}', values[i % len(values)])
+
+    async def client(c: int) -> None:
+        for n in range(c, len(ops), clients):
+            is_get, key = ops[n]
+            if is_get:
+                await storage.get(key)
+            else:
+                await storage.set(key, values[n % len(values)])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return len(ops), time.perf_counter() - t
 
 
 def bench_zipf_041(reps: int, n_ops: int) -> Dict[str, float]:
@@ -390,12 +433,7 @@ def bench_loop(reps: int) -> Dict[str, float]:
     """Longest event-loop stall (ms) during 4 MiB reloads and spills."""
     from spillstore.proxystore import SpillStorage
 
-    class Inline(SpillStorage):
-        async def get(self, key: str, default: Any = None) -> Any:
-            return self.store.get(key, default)
-
-        async def set(self, key: str, blob: bytes) -> None:
-            self.store[key] = blob
+    Inline = inline_storage()
 
     async def run(cls: type) -> float:
         d = fresh_dir()
@@ -524,7 +562,9 @@ def main() -> int:
               f"(our EndpointStorage: "
               f"{z['EndpointStorage s[k] (ours: 1 shard, exact LRU)'] / z['ProxyStore 0.4.1 EndpointStorage s[k]']:.1f}x)")
     print(f"  zipf async >= 30x SQLiteStorage: "
-          f"{za['SpillStorage await'] / za['ProxyStore 1.1.0 SQLiteStorage await']:.1f}x")
+          f"{za['SpillStorage await'] / za['ProxyStore 1.1.0 SQLiteStorage await']:.1f}x "
+          f"(16 concurrent clients: "
+          f"{za['SpillStorage await, 16 concurrent clients'] / za['ProxyStore 1.1.0 SQLiteStorage await, 16 concurrent clients']:.1f}x)")
     print(f"  2 threads >= 1.5x 1 thread: "
           f"{th['SpillStore, 2 threads (total)'] / th['SpillStore, 1 thread']:.2f}x "
           f"(control, GIL-free hashing: "
