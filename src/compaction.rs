@@ -28,7 +28,7 @@ use crossbeam::channel::{self, Sender};
 use crossbeam::utils::CachePadded;
 
 use crate::shard::Shard;
-use crate::spill::SpillDir;
+use crate::spill::{Record, SpillDir};
 
 /// Value bytes read and written per batch: bounds the memory a pass holds.
 const BATCH_BYTES: u64 = 4 << 20;
@@ -65,7 +65,7 @@ pub(crate) fn run_pass<K>(
 fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> (u64, bool) {
     let found = shard.sparse_records();
     if found.copies {
-        shard.drop_sparse_copies();
+        shard.drop_copies(Record::in_sparse_segment);
     }
     let mut to_move = found.to_move;
     let mut moved = 0;

@@ -11,7 +11,7 @@ use crossbeam::utils::CachePadded;
 use crate::compaction::{self, Compactor};
 use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
-use crate::shard::Shard;
+use crate::shard::{Disk, Shard};
 use crate::spill::SpillDir;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -256,6 +256,11 @@ where
         self.shared.spill.as_ref()
     }
 
+    fn disk(&self) -> Option<Disk<'_, K>> {
+        let shards = &self.shared.shards;
+        self.spill().map(|dir| Disk { dir, shards })
+    }
+
     /// Stores `value` under `key`, replacing any previous value (whose memory
     /// and spill file space are freed). Makes room by spilling least recently
     /// used values to the dump directory.
@@ -302,7 +307,7 @@ where
             });
         }
         let (shard, hash) = self.route(&key);
-        shard.insert(key, hash, value, self.spill())?;
+        shard.insert(key, hash, value, self.disk())?;
         self.compact_when_due();
         Ok(())
     }
@@ -449,7 +454,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        shard.get(key, hash, self.spill())
+        shard.get(key, hash, self.disk())
     }
 
     /// Removes `key` and frees its memory and disk space; returns whether it

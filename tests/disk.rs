@@ -655,3 +655,46 @@ fn measure_space_after_removing_90_percent() {
         row("then compact()");
     }
 }
+
+/// The disk budget counts the copies that resident values keep so that
+/// evicting them again needs no write; when a spill would go past it, those
+/// copies are given up first, and the insert succeeds. Each value is a file
+/// of exactly four blocks; memory holds two values, the disk three.
+#[test]
+fn copies_kept_for_re_eviction_are_given_up_before_refusing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump");
+    let len = 16384 - 64 - 32;
+    let store: SpillStore<u32> = SpillStore::builder()
+        .max_size(2 * len as u64)
+        .max_disk_size(3 * 16384)
+        .dump_dir(&dump)
+        .segment_size(16 << 10)
+        .shards(1)
+        .exact_lru(true)
+        .build()
+        .unwrap();
+    for k in 0..4 {
+        store.insert(k, value(u64::from(k), len)).unwrap();
+    }
+    // 0 and 1 on disk, 2 and 3 in memory. Reading 0 brings it back and
+    // keeps its file as a copy, writing 2 out: the budget is now full.
+    assert_eq!(store.get(&0).unwrap().unwrap(), value(0, len));
+    assert_eq!(store.location(&0), Some(Location::Memory));
+    assert_eq!(store.stats().spill_file_allocated_bytes, 3 * 16384);
+    // Inserting 4 must write 3 out: only giving up 0's copy makes room.
+    let spills = store.stats().spills;
+    store.insert(4, value(4, len)).unwrap();
+    let s = store.stats();
+    assert_eq!(s.spills, spills + 1);
+    assert_eq!(s.spill_file_allocated_bytes, 3 * 16384);
+    for k in 0..=4 {
+        assert_eq!(
+            store.get(&k).unwrap().unwrap(),
+            value(u64::from(k), len),
+            "key {k}"
+        );
+    }
+    check_figures(&store, &dump, "copies given up");
+    store.validate().unwrap();
+}

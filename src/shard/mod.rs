@@ -18,6 +18,8 @@ use std::hash::Hash;
 
 use bytes::Bytes;
 
+use crossbeam::utils::CachePadded;
+
 use crate::access::AccessLog;
 use crate::error::Error;
 use crate::lru::SlotId;
@@ -28,6 +30,32 @@ use crate::Location;
 
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
+
+/// The dump dir as a shard's operations see it: where to spill, and the
+/// other shards, whose disk copies a spill that meets the disk budget may
+/// give up.
+pub(crate) struct Disk<'a, K> {
+    pub(crate) dir: &'a SpillDir,
+    pub(crate) shards: &'a [CachePadded<Shard<K>>],
+}
+
+impl<K> Clone for Disk<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Disk<'_, K> {}
+
+impl<K: Hash + Eq> Disk<'_, K> {
+    /// Drops every disk copy kept only for cheap re-eviction, shard by
+    /// shard (so with no shard lock held by the caller); says whether any
+    /// went.
+    fn reclaim(&self) -> bool {
+        let dropped: usize = self.shards.iter().map(|s| s.drop_copies(|_| true)).sum();
+        dropped > 0
+    }
+}
 
 /// One independently locked part of the store.
 pub(crate) struct Shard<K> {
@@ -70,19 +98,23 @@ where
         key: K,
         hash: u64,
         value: Bytes,
-        spill: Option<&SpillDir>,
+        disk: Option<Disk<'_, K>>,
     ) -> Result<(), Error> {
         let len = value.len() as u64;
         if len > self.budget {
             // Larger than this shard's share of memory: it goes straight to
             // disk and is served from its mapping without promotion.
-            let spill = spill.expect("a bounded shard always has a dump dir");
-            let record = spill.write(std::slice::from_ref(&value))?.pop();
-            let record = record.expect("one record per value");
+            let disk = disk.expect("a bounded shard always has a dump dir");
+            let value = std::slice::from_ref(&value);
+            let records = match disk.dir.write(value) {
+                Err(Error::DiskLimit { .. }) if disk.reclaim() => disk.dir.write(value),
+                written => written,
+            };
+            let record = records?.pop().expect("one record per value");
             self.write().store(key, hash, Payload::Disk(record));
             return Ok(());
         }
-        let mut guard = self.lock_with_room(len, Some((&key, hash)), spill)?;
+        let mut guard = self.lock_with_room(len, Some((&key, hash)), disk)?;
         guard.store(key, hash, Payload::Resident { value, copy: None });
         Ok(())
     }
@@ -92,7 +124,7 @@ where
         &self,
         key: &Q,
         hash: u64,
-        spill: Option<&SpillDir>,
+        disk: Option<Disk<'_, K>>,
     ) -> Result<Option<(Bytes, Location)>, Error>
     where
         K: Borrow<Q>,
@@ -141,7 +173,7 @@ where
         if promotable {
             // Failing to make room is not an error: the bytes read are
             // served anyway, just not brought back into memory.
-            if let Ok(mut guard) = self.lock_with_room::<Q>(len, None, spill) {
+            if let Ok(mut guard) = self.lock_with_room::<Q>(len, None, disk) {
                 guard.promote(key, hash, &reader, &bytes);
             }
         }
@@ -222,24 +254,29 @@ where
     /// resident value the caller will replace under the returned guard: it is
     /// not spilled, and its bytes count as free.
     ///
-    /// On a write error the victims stay in memory and the error is returned.
+    /// On a write error the victims stay in memory and the error is returned;
+    /// but the first time a write meets the disk budget, the disk copies that
+    /// resident values keep for cheap re-eviction are given up first, in
+    /// every shard (with this shard's lock released), and the write retried.
     fn lock_with_room<Q>(
         &self,
         len: u64,
         replacing: Option<(&Q, u64)>,
-        spill: Option<&SpillDir>,
+        disk: Option<Disk<'_, K>>,
     ) -> Result<WriteGuard<'_, K>, Error>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let mut guard = self.write();
+        let mut reclaimed = false;
         loop {
             let (over, keep) = guard.overflow(len, replacing);
             if over == 0 {
                 return Ok(guard);
             }
-            let spill = spill.expect("a bounded shard always has a dump dir");
+            let disk = disk.expect("a bounded shard always has a dump dir");
+            let spill = disk.dir;
             let victims = guard.evict(over, keep);
             if victims.is_empty() {
                 if guard.overflow(len, replacing).0 > 0 {
@@ -259,6 +296,12 @@ where
                 Err(err) => {
                     for victim in victims {
                         guard.abort_spill(victim);
+                    }
+                    if matches!(err, Error::DiskLimit { .. }) && !reclaimed {
+                        reclaimed = true;
+                        if guard.unlocked(|| disk.reclaim()) {
+                            continue;
+                        }
                     }
                     return Err(err);
                 }
@@ -289,14 +332,18 @@ where
         found
     }
 
-    /// Drops the disk copies that resident values keep in sparse segments:
-    /// cheaper than moving them, and evicting those values later writes anew.
-    pub(crate) fn drop_sparse_copies(&self) {
+    /// Drops the disk copies, selected by `doomed`, that resident values
+    /// keep for cheap re-eviction (evicting those values later writes them
+    /// anew). Returns how many went. Compaction drops those in sparse
+    /// segments (cheaper than moving them); a spill that meets the disk
+    /// budget drops them all.
+    pub(crate) fn drop_copies(&self, doomed: impl Fn(&Record) -> bool) -> usize {
         let mut guard = self.write();
         let slots: Vec<SlotId> = guard.state().slab.iter().map(|(slot, _)| slot).collect();
-        for slot in slots {
-            guard.drop_copy(slot, Record::in_sparse_segment);
-        }
+        slots
+            .into_iter()
+            .filter(|&slot| guard.drop_copy(slot, &doomed))
+            .count()
     }
 
     /// Installs records written by compaction for the entries that still

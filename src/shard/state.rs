@@ -399,8 +399,9 @@ impl<'a, K> WriteGuard<'a, K> {
         state.slab.push_front(slot);
     }
 
-    /// memory (copy) -> memory (no copy), for copies `doomed` selects.
-    pub(super) fn drop_copy(&mut self, slot: SlotId, doomed: impl Fn(&Record) -> bool) {
+    /// memory (copy) -> memory (no copy), for copies `doomed` selects;
+    /// says whether one went.
+    pub(super) fn drop_copy(&mut self, slot: SlotId, doomed: impl Fn(&Record) -> bool) -> bool {
         let (state, garbage, _) = self.parts();
         if let Some(Entry {
             payload: Payload::Resident { copy, .. },
@@ -409,8 +410,10 @@ impl<'a, K> WriteGuard<'a, K> {
         {
             if let Some(record) = copy.take_if(|record| doomed(record)) {
                 garbage.take_record(record);
+                return true;
             }
         }
+        false
     }
 
     /// disk -> disk: swaps in the record compaction wrote, if the entry still
