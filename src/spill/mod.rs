@@ -7,12 +7,12 @@
 //!   spilled values were in the process's memory and stay private.
 //! - **Layout**: every file starts with a 64-byte header ([`record`]: magic,
 //!   number, length, checksum). Small values are appended after it as
-//!   records to shared segment files of `segment_size` bytes; a value whose
-//!   record is larger than a quarter of that gets a file of its own. A
-//!   reload is a length check and a slice of the file's mapping.
-//! - **Space comes back at once** ([`blocks`]): records, readers in flight
-//!   and values handed out as slices of a mapping hold the file-system
-//!   blocks they cover; when the last hold on a block goes (a value removed,
+//!   records to shared segment files of `segment_size` bytes, read back with
+//!   one `pread` each; a value whose record is larger than a quarter of that
+//!   gets a file of its own, mapped, so it can be handed out without a copy.
+//! - **Space comes back at once** ([`blocks`]): records and readers in
+//!   flight hold the file-system blocks of a shared segment they cover;
+//!   when the last hold on a block goes (a value removed,
 //!   replaced, brought back without its copy, moved by compaction), a hole
 //!   is punched over it (`fallocate(PUNCH_HOLE)`), so the space returns to
 //!   the file system without waiting for the whole file to empty. A file is
@@ -867,31 +867,47 @@ mod tests {
         let _ = tmp;
     }
 
-    /// A value handed out as a slice of the mapping, and a reader in flight,
-    /// hold their record's blocks: no hole is punched under them.
+    /// A reader in flight holds its record's blocks: no hole is punched
+    /// under it. A value handed out from a shared segment is a copy of its
+    /// own, one from a dedicated file a slice of the mapping that outlives
+    /// the file.
     #[test]
-    fn held_values_and_readers_keep_their_bytes() {
-        let (_tmp, spill) = dir_with(config(64 << 10, None, None));
+    fn readers_keep_their_bytes_and_handed_out_values_need_no_file() {
+        let (tmp, spill) = dir_with(config(64 << 10, None, None));
         let vals = values(&[12 << 10; 4]);
         let mut records: Vec<Option<Record>> =
             spill.write(&vals).unwrap().into_iter().map(Some).collect();
-        let held = records[1].as_ref().unwrap().reader().read_mapped().unwrap();
+        let copied = records[1].as_ref().unwrap().reader().read_mapped().unwrap();
         let reader = records[2].as_ref().unwrap().reader();
         let before = spill.usage().allocated;
         records[1].take();
+        let freed = before - spill.usage().allocated;
+        assert!(freed > 0, "record 1's blocks went, its value is a copy");
         records[2].take();
-        // (Under Miri values are read, not mapped: a copy holds nothing.)
-        #[cfg(not(miri))]
-        assert_eq!(spill.usage().allocated, before, "all still held");
-        assert_eq!(held, vals[1]);
+        assert_eq!(
+            spill.usage().allocated,
+            before - freed,
+            "the reader holds record 2"
+        );
+        assert_eq!(copied, vals[1]);
         assert_eq!(reader.read_copy().unwrap(), vals[2]);
         drop(reader);
-        drop(held);
-        assert!(spill.usage().allocated < before);
+        assert!(spill.usage().allocated < before - freed);
         assert_eq!(
             records[0].as_ref().unwrap().reader().read_copy().unwrap(),
             vals[0]
         );
+        // A file of its own: the value outlives the file.
+        let big = values(&[20 << 10]);
+        let record = spill.write(&big).unwrap().pop().unwrap();
+        let held = record.reader().read_mapped().unwrap();
+        let files = fs::read_dir(tmp.path().join("d")).unwrap().count();
+        drop(record);
+        assert_eq!(
+            fs::read_dir(tmp.path().join("d")).unwrap().count(),
+            files - 1
+        );
+        assert_eq!(held, big[0]);
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! One spill file: an append-only segment of records, or a file holding one
-//! large record. Records, readers and handed-out values hold its blocks
-//! (see [`super::blocks`]); the space of blocks nobody holds is returned by
-//! punching holes. This module holds the mapping, the only `unsafe` code of
-//! the crate besides the two system calls in [`super::sys`].
+//! large record.
+//!
+//! In a shared segment, records and readers in flight hold its blocks (see
+//! [`super::blocks`]); the space of blocks nobody holds is returned by
+//! punching holes. Shared segments are read with `pread`, never mapped: a
+//! hole punched under a mapping costs a TLB shootdown on every core. A file
+//! of one large record is mapped, so its value can be handed out without a
+//! copy; it is never punched, only deleted whole.
+//!
+//! This module holds the mapping, the only `unsafe` code of the crate
+//! besides the two system calls in [`super::sys`].
 
 use std::fs::File;
 use std::ops::Range;
@@ -58,8 +65,9 @@ pub(crate) struct Segment {
     dir: Weak<DirShared>,
 }
 
-/// An open spill file: its descriptor and, once some record was read, its
-/// mapping. Values handed out hold the mapping, never the descriptor.
+/// An open spill file: its descriptor and, for a dedicated file once its
+/// record was read, its mapping. Values handed out hold the mapping, never
+/// the descriptor.
 struct Handle {
     file: Arc<File>,
     #[cfg(not(miri))]
@@ -348,28 +356,26 @@ impl Segment {
         Ok(file)
     }
 
-    /// Maps the whole file read-only.
+    /// Maps the whole (dedicated) file read-only.
     #[cfg(not(miri))]
     fn map(&self, file: &File) -> Result<memmap2::Mmap, Error> {
         // SAFETY: mapping a file is unsafe because the mapped memory changes
         // if the file is modified while mapped, and touching a page past the
-        // file's end raises SIGBUS. The file is ours: created with
-        // `create_new` and mode 0600 in a dump directory this store holds
-        // locked (a reopened one was checked to be the same inode, with our
-        // header), sized once at creation and never truncated, renamed or
-        // rewritten by the store: records are appended into space no reader
-        // has been handed yet, and a record's bytes are never written again
-        // once its value was stored. Holes are punched (with KEEP_SIZE, so
-        // the length never moves) only over blocks that no record, reader or
-        // handed-out value holds, so no byte anyone can still read turns to
-        // zeros. Deleting the file keeps the mapping valid. The mapping
-        // covers the size the file was created with, even if someone
-        // shortened it since, so records appended later stay reachable;
-        // `read` checks the file's current length right before every
-        // access, so no page past the end is touched while the store is
-        // idle, and the checksum catches altered bytes. Values kept resident
-        // are copied out of the mapping, so only values handed to callers
-        // share the file's pages, and each holds its blocks.
+        // file's end raises SIGBUS. Only dedicated files are mapped. The file
+        // is ours: created with `create_new` and mode 0600 in a dump
+        // directory this store holds locked (a reopened one was checked to
+        // be the same inode, with our header), sized once at creation and
+        // never truncated, renamed or rewritten by the store: its one record
+        // is written before anyone is handed a reader of it, and never
+        // written again. No hole is ever punched in a dedicated file (only
+        // shared segments are punched, and those are never mapped), so no
+        // byte anyone can still read turns to zeros. Deleting the file keeps
+        // the mapping valid. The mapping covers the size the file was created
+        // with, even if someone shortened it since; `read_mapped` checks the
+        // file's current length right before every access, so no page past
+        // the end is touched while the store is idle, and the checksum
+        // catches altered bytes. Values kept resident are copied out of the
+        // mapping, so only values handed to callers share the file's pages.
         unsafe {
             memmap2::MmapOptions::new()
                 .len(self.size as usize)
@@ -378,27 +384,75 @@ impl Segment {
         .map_err(|e| Error::io("mapping spill file", &self.path, e))
     }
 
-    /// Reads back the `len`-byte value of the record at `offset`, which
-    /// `pin` holds.
+    /// Reads back the `len`-byte value of the record `pin` holds, verified:
+    /// the header must name this place and length, and the value must match
+    /// the header's checksum, so altered bytes are never returned.
     ///
-    /// The file's current length is checked before the mapping is touched, so
-    /// a file truncated while the store was idle is reported as corrupted
-    /// instead of faulting (SIGBUS); the header and checksum are verified, so
-    /// altered bytes are never returned. With `copy`, the value is copied out
-    /// of the mapping first and the copy is what gets verified and returned:
-    /// it no longer depends on the file at all. Without, the value is a
-    /// slice of the mapping that holds the mapping and its record's blocks.
+    /// A file of one large record is read through its mapping: with `copy`
+    /// the value is copied out (and the copy is what gets verified), else it
+    /// is handed out as a slice of the mapping, without a copy. A shared
+    /// segment is never mapped: its records are read with `pread` into a
+    /// buffer of their own, which is what is returned either way. Holes are
+    /// punched in shared segments only, and punching a hole under a mapping
+    /// makes the kernel unmap those pages from every mapping of the file, with
+    /// a TLB shootdown to every core running the process (measured: 40% of
+    /// spillbench's mixed phase when shared segments were mapped).
     fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
         let offset = pin.offset;
-        let corrupted = |reason: String| Error::Corrupted {
-            path: self.path.clone(),
-            offset,
-            reason,
-        };
         let end = offset
             .checked_add(HEADER_LEN)
             .and_then(|x| x.checked_add(len))
-            .ok_or_else(|| corrupted(format!("record length {len} overflows")))?;
+            .ok_or_else(|| self.corrupted(offset, format!("record length {len} overflows")))?;
+        #[cfg(not(miri))]
+        if self.dedicated {
+            return self.read_mapped(offset, end, copy);
+        }
+        let _ = copy;
+        self.read_file(offset, end)
+    }
+
+    fn corrupted(&self, offset: u64, reason: String) -> Error {
+        Error::Corrupted {
+            path: self.path.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    /// Checks the header of the record `offset..end` found in `header`.
+    fn check_header(&self, header: &[u8], offset: u64, end: u64) -> Result<(), Error> {
+        let place = record::place(self.number, offset);
+        record::check_header(header, place, end - offset - HEADER_LEN)
+            .map_err(|reason| self.corrupted(offset, reason))
+    }
+
+    /// Reads the record `offset..end` with `pread`: a file shortened behind
+    /// the store's back gives a short read, reported as corrupted.
+    fn read_file(self: &Arc<Self>, offset: u64, end: u64) -> Result<Bytes, Error> {
+        let access = self.access(false)?;
+        let buf = sys::read_exact_at(&access.file, (end - offset) as usize, offset).map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => self.corrupted(
+                    offset,
+                    format!("file ends before the record's end at {end}"),
+                ),
+                _ => Error::io("reading spill file", &self.path, e),
+            },
+        )?;
+        let (header, value) = buf.split_at(HEADER_LEN as usize);
+        self.check_header(header, offset, end)?;
+        record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+        Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
+    }
+
+    /// Reads the record `offset..end` of a dedicated file through the
+    /// file's mapping.
+    ///
+    /// The file's current length is checked before the mapping is touched, so
+    /// a file truncated while the store was idle is reported as corrupted
+    /// instead of faulting (SIGBUS).
+    #[cfg(not(miri))]
+    fn read_mapped(self: &Arc<Self>, offset: u64, end: u64, copy: bool) -> Result<Bytes, Error> {
         let access = self.access(true)?;
         let file_len = access
             .file
@@ -406,53 +460,34 @@ impl Segment {
             .map_err(|e| Error::io("checking spill file", &self.path, e))?
             .len();
         if file_len < end {
-            return Err(corrupted(format!(
-                "file is {file_len} bytes, record ends at {end}"
-            )));
+            return Err(self.corrupted(
+                offset,
+                format!("file is {file_len} bytes, record ends at {end}"),
+            ));
         }
-        #[cfg(not(miri))]
-        {
-            let map = access.map.expect("asked for the mapping");
-            if (map.len() as u64) < end {
-                // Mapped while the file was shorter than it is now: it was altered.
-                return Err(corrupted(format!(
-                    "mapping is {} bytes, record ends at {end}",
-                    map.len()
-                )));
-            }
-            let (start, end) = (offset as usize, end as usize);
-            let header = &map[start..start + HEADER_LEN as usize];
-            let place = record::place(self.number, offset);
-            record::check_header(header, place, len).map_err(corrupted)?;
-            let value = &map[start + HEADER_LEN as usize..end];
-            if copy {
-                let (value, sum) = record::copy_with_checksum(value);
-                record::check_checksum(header, sum).map_err(corrupted)?;
-                Ok(Bytes::from(value))
-            } else {
-                record::check_value(header, value).map_err(corrupted)?;
-                Ok(Bytes::from_owner(MappedValue {
-                    start: start + HEADER_LEN as usize,
-                    end,
-                    map,
-                    _hold: ValueHold::new(pin),
-                }))
-            }
+        let map = access.map.expect("asked for the mapping");
+        if (map.len() as u64) < end {
+            // Mapped while the file was shorter than it is now: it was altered.
+            return Err(self.corrupted(
+                offset,
+                format!("mapping is {} bytes, record ends at {end}", map.len()),
+            ));
         }
-        // Miri cannot map files: read the record instead (a copy either way).
-        #[cfg(miri)]
-        {
-            let _ = copy;
-            let mut buf = vec![0u8; (end - offset) as usize];
-            access
-                .file
-                .read_exact_at(&mut buf, offset)
-                .map_err(|e| Error::io("reading spill file", &self.path, e))?;
-            let (header, value) = buf.split_at(HEADER_LEN as usize);
-            let place = record::place(self.number, offset);
-            record::check_header(header, place, len).map_err(corrupted)?;
-            record::check_value(header, value).map_err(corrupted)?;
-            Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
+        let (start, end_at) = (offset as usize, end as usize);
+        let header = &map[start..start + HEADER_LEN as usize];
+        self.check_header(header, offset, end)?;
+        let value = &map[start + HEADER_LEN as usize..end_at];
+        if copy {
+            let (value, sum) = record::copy_with_checksum(value);
+            record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?;
+            Ok(Bytes::from(value))
+        } else {
+            record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+            Ok(Bytes::from_owner(MappedValue {
+                start: start + HEADER_LEN as usize,
+                end: end_at,
+                map,
+            }))
         }
     }
 
@@ -486,50 +521,15 @@ impl Drop for Segment {
     }
 }
 
-/// A value handed out as a slice of a mapping: it keeps the mapping, and
-/// holds its record's blocks so no hole is punched under it.
+/// A value handed out as a slice of a dedicated file's mapping: it keeps
+/// the mapping, not the file. Dedicated files are never punched; once their
+/// record goes the file is deleted, and the value's pages stay valid (and
+/// occupied) until the value is dropped.
 #[cfg(not(miri))]
 struct MappedValue {
     map: Arc<memmap2::Mmap>,
     start: usize,
     end: usize,
-    _hold: ValueHold,
-}
-
-/// A handed-out value's hold on its record's blocks. Unlike a [`Pin`] it
-/// does not keep the file: once no record or reader needs the file it is
-/// deleted as usual (the value's mapping stays valid, its pages are freed
-/// when the value is dropped), so a value a caller keeps never keeps a file
-/// in the dump dir, nor the dir itself after `cleanup`.
-#[cfg(not(miri))]
-struct ValueHold {
-    segment: Weak<Segment>,
-    offset: u64,
-    len: u64,
-}
-
-#[cfg(not(miri))]
-impl ValueHold {
-    /// Holds the blocks `pin` holds, for a value read through it.
-    fn new(pin: &Pin) -> Self {
-        if let Some(blocks) = &pin.segment.blocks {
-            blocks.lock().hold(pin.offset, pin.len);
-        }
-        ValueHold {
-            segment: Arc::downgrade(&pin.segment),
-            offset: pin.offset,
-            len: pin.len,
-        }
-    }
-}
-
-#[cfg(not(miri))]
-impl Drop for ValueHold {
-    fn drop(&mut self) {
-        if let Some(segment) = self.segment.upgrade().filter(|s| s.blocks.is_some()) {
-            segment.release(self.offset, self.len, false);
-        }
-    }
 }
 
 #[cfg(not(miri))]
@@ -539,8 +539,8 @@ impl AsRef<[u8]> for MappedValue {
     }
 }
 
-/// A hold on a record's blocks (and its file) by a reader or a handed-out
-/// value: while it lives, those blocks are neither punched nor deleted.
+/// A reader's hold on a record's blocks and its file: while it lives, those
+/// blocks are neither punched nor deleted.
 struct Pin {
     segment: Arc<Segment>,
     offset: u64,
@@ -654,10 +654,10 @@ impl RecordReader {
         self.pin.len - HEADER_LEN
     }
 
-    /// Reads back the value, verified, as a slice of the file's mapping (no
-    /// copy). The slice keeps the mapping and holds the record's blocks
-    /// until it is dropped: it is for handing out, not for keeping
-    /// resident. See [`Segment::read`].
+    /// Reads back the value, verified, for handing out: from a file of its
+    /// own, a slice of the file's mapping (no copy; it keeps the mapping
+    /// alive while it lives, so it is not for keeping resident); from a
+    /// shared segment, a buffer of its own. See [`Segment::read`].
     pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
         self.pin.segment.read(&self.pin, self.value_len(), false)
     }
