@@ -38,7 +38,7 @@ def test_missing_key_is_key_error_of_that_key() -> None:
         ({'shards': 1 << 20}, 'shards'),
         ({'max_size': -1, 'dump_dir': 'x'}, 'non-negative'),
         ({'max_object_size': -5}, 'non-negative'),
-        ({'max_disk_size': 1 << 30}, 'disk budget'),
+        ({'max_disk_size': -1}, 'non-negative'),
     ],
 )
 def test_invalid_config_is_value_error(
@@ -48,6 +48,31 @@ def test_invalid_config_is_value_error(
     with pytest.raises(ValueError, match=message):
         spillstore.SpillStore(**kwargs)
     assert not (tmp_path / 'x').exists()
+
+
+def disk_budget_supported(dump_dir: pathlib.Path) -> bool:
+    """Whether this build of spillstore has the disk budget (`max_disk_size`)."""
+    try:
+        spillstore.SpillStore(1000, dump_dir=dump_dir, max_disk_size=1 << 20).cleanup()
+    except ValueError as e:
+        assert 'disk budget' in str(e) and 'not in this build' in str(e)
+        return False
+    return True
+
+
+def test_disk_limit(dump_dir: pathlib.Path) -> None:
+    if not disk_budget_supported(dump_dir):
+        return  # the refusal itself was checked
+    s = spillstore.SpillStore(100, dump_dir=dump_dir, shards=1, max_disk_size=200)
+    stored = {}
+    with pytest.raises(spillstore.ObjectSizeExceededError, match='disk limit'):
+        for i in range(100):  # 1000 bytes into 100 in memory + 200 on disk
+            s[str(i)] = bytes([i]) * 10
+            stored[str(i)] = bytes([i]) * 10
+    assert len(s) == len(stored) >= 20
+    for key, value in stored.items():
+        assert s[key] == value
+    s.cleanup()
 
 
 def test_endpoint_storage_both_or_neither() -> None:
