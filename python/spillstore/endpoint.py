@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         '--max-disk-size',
         type=_size,
         metavar='SIZE',
-        help='disk budget (needs a spillstore with a disk budget)',
+        help='most bytes the spill files may occupy on disk (allocated blocks)',
     )
     parser.add_argument(
         '--shards',

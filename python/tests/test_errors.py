@@ -40,6 +40,7 @@ def test_missing_key_is_key_error_of_that_key() -> None:
         ({'max_object_size': -5}, 'non-negative'),
         ({'max_disk_size': 1 << 30}, 'dump_dir'),
         ({'max_size': 100, 'dump_dir': 'x', 'max_disk_size': 0}, 'positive'),
+        ({'max_disk_size': -1}, 'non-negative'),
     ],
 )
 def test_invalid_config_is_value_error(
