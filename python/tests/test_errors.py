@@ -150,10 +150,13 @@ def test_corrupted_spill_is_reported_until_replaced(dump_dir: pathlib.Path) -> N
     values = {str(i): bytes([i]) * 100 for i in range(20)}
     s.update(values)
     files = spill_files(dump_dir)
-    with open(files[0], 'r+b') as f:  # inside the first record's value
-        f.seek(32 + 50)
+    # A spill file starts with a 64-byte file header; each record with a
+    # 32-byte record header. Flip a byte inside the first record's value.
+    first_record = 64
+    with open(files[0], 'r+b') as f:
+        f.seek(first_record + 32 + 50)
         byte = f.read(1)
-        f.seek(32 + 50)
+        f.seek(first_record + 32 + 50)
         f.write(bytes([byte[0] ^ 0xFF]))
     bad = []
     for key, value in values.items():
@@ -163,7 +166,7 @@ def test_corrupted_spill_is_reported_until_replaced(dump_dir: pathlib.Path) -> N
             assert isinstance(e, OSError)
             assert e.errno == errno.EIO
             assert e.filename == str(files[0])
-            assert e.offset == 0 and 'checksum' in e.reason
+            assert e.offset == first_record and 'checksum' in e.reason
             bad.append(key)
     assert len(bad) == 1
     with pytest.raises(spillstore.CorruptedError):
