@@ -430,18 +430,26 @@ impl Segment {
     /// the store's back gives a short read, reported as corrupted.
     fn read_file(self: &Arc<Self>, offset: u64, end: u64) -> Result<Bytes, Error> {
         let access = self.access(false)?;
-        let buf = sys::read_exact_at(&access.file, (end - offset) as usize, offset).map_err(
-            |e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => self.corrupted(
-                    offset,
-                    format!("file ends before the record's end at {end}"),
-                ),
-                _ => Error::io("reading spill file", &self.path, e),
-            },
-        )?;
-        let (header, value) = buf.split_at(HEADER_LEN as usize);
+        // The checksum of the value's bytes (after the record header), piece
+        // by piece as they arrive.
+        let mut hasher = crc32fast::Hasher::new();
+        let mut seen = 0usize;
+        let buf = sys::read_exact_at(&access.file, (end - offset) as usize, offset, |piece| {
+            let skip = (HEADER_LEN as usize).saturating_sub(seen).min(piece.len());
+            hasher.update(&piece[skip..]);
+            seen += piece.len();
+        })
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => self.corrupted(
+                offset,
+                format!("file ends before the record's end at {end}"),
+            ),
+            _ => Error::io("reading spill file", &self.path, e),
+        })?;
+        let header = &buf[..HEADER_LEN as usize];
         self.check_header(header, offset, end)?;
-        record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+        record::check_checksum(header, u64::from(hasher.finalize()))
+            .map_err(|r| self.corrupted(offset, r))?;
         Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
     }
 
