@@ -1,7 +1,6 @@
-//! What std does not offer: punching a hole in a file, reading the
-//! descriptor limit, and a positioned read into a buffer that was not zeroed
-//! first. All go through `libc`, which the mapping (memmap2) already depends
-//! on, so it adds nothing to the build.
+//! The two system calls std does not offer: punching a hole in a file and
+//! reading the descriptor limit. Both go through `libc`, which the mapping
+//! (memmap2) already depends on, so it adds nothing to the build.
 
 use std::fs::File;
 use std::io;
@@ -94,76 +93,4 @@ pub(super) fn open_file_limit() -> Option<u64> {
 #[cfg(miri)]
 pub(super) fn open_file_limit() -> Option<u64> {
     Some(1024)
-}
-
-/// Bytes read per `pread` call: small enough for each piece to be still in
-/// the core's cache when the caller checksums it, large enough that the
-/// calls cost little (four for a 1 MiB value).
-const READ_PIECE: usize = 256 << 10;
-
-/// Reads exactly `len` bytes at `offset` of `file` into a new buffer,
-/// without zeroing the buffer first (zeroing cost 12% of spillbench's mixed
-/// phase, as much as the read itself), and hands each piece read to
-/// `piece` while it is still in cache (to checksum it: one pass over
-/// memory instead of two). A file that ends first gives `UnexpectedEof`.
-#[cfg(not(miri))]
-pub(super) fn read_exact_at(
-    file: &File,
-    len: usize,
-    offset: u64,
-    mut piece: impl FnMut(&[u8]),
-) -> io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
-        let done = buf.len();
-        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "offset too large",
-            ));
-        };
-        let spare = buf.spare_capacity_mut();
-        let want = spare.len().min(READ_PIECE);
-        // SAFETY: `pread` writes at most `want <= spare.len()` bytes through
-        // the pointer, which points to the spare capacity of `buf` (past its
-        // length): valid for writes of `spare.len()` bytes, not aliased
-        // (`buf` is ours alone) and not read by the call. The descriptor
-        // belongs to `file`, borrowed for the whole call.
-        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, at) };
-        match n {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => {
-                // SAFETY: `pread` initialized the first `n` bytes of the
-                // spare capacity, and `n <= want <= spare.len()`, so the
-                // first `done + n` bytes of `buf` are initialized and within
-                // its capacity.
-                unsafe { buf.set_len(done + n as usize) };
-                piece(&buf[done..]);
-            }
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(buf)
-}
-
-/// Miri: a zeroed buffer and std's positioned read.
-#[cfg(miri)]
-pub(super) fn read_exact_at(
-    file: &File,
-    len: usize,
-    offset: u64,
-    mut piece: impl FnMut(&[u8]),
-) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
-    piece(&buf);
-    Ok(buf)
 }
