@@ -534,11 +534,22 @@ impl DirShared {
     /// and when a compaction pass starts. So dead space waits at most one
     /// batch per segment before it returns, and never when it is needed.
     fn dead_blocks(&self, segment: &Arc<Segment>, pending: u64) {
-        let bulk = self.bulk_releases.load(Ordering::Acquire) > 0;
-        if pending >= self.punch_batch && !bulk {
+        // Listed even when punched now: a punch already under way may miss
+        // blocks that died meanwhile.
+        self.list(segment);
+        if pending >= self.punch_batch && self.bulk_releases.load(Ordering::Acquire) == 0 {
             segment.punch_dead_blocks(self);
-        } else if !segment.listed.swap(true, Ordering::AcqRel) {
-            self.dead.lock().push(Arc::downgrade(segment));
+        }
+    }
+
+    /// Lists `segment` among those with dead blocks, once.
+    fn list(&self, segment: &Arc<Segment>) {
+        if !segment.listed.swap(true, Ordering::AcqRel) {
+            let mut dead = self.dead.lock();
+            if dead.len() > 2 * self.files.load(Ordering::Relaxed) + 16 {
+                dead.retain(|s| s.strong_count() > 0);
+            }
+            dead.push(Arc::downgrade(segment));
         }
     }
 

@@ -262,6 +262,11 @@ impl Segment {
             }
         }
         self.flushing.store(false, Ordering::Release);
+        // Blocks that died meanwhile, or whose punch failed, wait for the
+        // next batch.
+        if blocks.lock().pending_bytes() > 0 {
+            dir.list(self);
+        }
     }
 
     /// Marks that no record will be added any more; the last block becomes
