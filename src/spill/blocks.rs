@@ -87,6 +87,8 @@ pub(super) struct BlockMap {
     sealed: bool,
     /// Holds other than the file header's.
     holders: u64,
+    /// Blocks dead, final and still allocated: what punching would free.
+    pending: u64,
 }
 
 impl BlockMap {
@@ -103,6 +105,7 @@ impl BlockMap {
             end: 0,
             sealed: false,
             holders: 0,
+            pending: 0,
         };
         map.place(0, header);
         map.holders = 0;
@@ -141,49 +144,48 @@ impl BlockMap {
         self.holders += 1;
     }
 
-    /// Drops a hold on `offset..offset + len`. Returns the blocks (as byte
-    /// ranges) that are now dead, final and allocated, so their space can be
-    /// returned, unless no holder is left in a sealed segment: then the
-    /// whole file is about to be deleted and punching would be wasted work.
-    pub(super) fn release(&mut self, offset: u64, len: u64) -> Vec<Range<u64>> {
-        // Usually one range: a record's inner blocks are held only by it and
-        // its pins, so they die together, with the ends if no neighbour holds
-        // them.
-        let mut dead: Vec<Range<u64>> = Vec::new();
+    /// Drops a hold on `offset..offset + len`; blocks left dead and final
+    /// become pending (see [`pending_bytes`](Self::pending_bytes)). A
+    /// record's inner blocks are held only by it and its readers, so they die
+    /// together, with the ends if no neighbour holds them.
+    pub(super) fn release(&mut self, offset: u64, len: u64) {
         for b in self.span(offset, len) {
             self.holds[b] -= 1;
             if self.holds[b] == 0 && self.is_final(b) && self.is_allocated(b) {
-                let r = self.bytes(b..b + 1);
-                match dead.last_mut() {
-                    Some(last) if last.end == r.start => last.end = r.end,
-                    _ => dead.push(r),
-                }
+                self.pending += 1;
             }
         }
         self.holders -= 1;
-        // A sealed file that nobody holds is deleted whole. (The writer's
-        // file may get new records even with no holder left, so its dead
-        // blocks are punched all the same.)
-        if self.holders == 0 && self.sealed {
-            dead.clear();
-        }
-        dead
     }
 
-    /// Marks that nothing more will be appended. Returns the last touched
-    /// block if it just became final and is dead.
-    pub(super) fn seal(&mut self) -> Option<Range<u64>> {
+    /// Marks that nothing more will be appended: the last touched block
+    /// becomes final, and pending if nobody holds it.
+    pub(super) fn seal(&mut self) {
         if self.sealed {
-            return None;
+            return;
         }
         self.sealed = true;
-        let tail = (self.end.div_ceil(self.block) as usize).checked_sub(1)?;
-        (self.holds[tail] == 0 && self.is_allocated(tail) && self.holders > 0)
-            .then(|| self.bytes(tail..tail + 1))
+        if let Some(tail) = (self.end.div_ceil(self.block) as usize).checked_sub(1) {
+            if self.holds[tail] == 0 && self.is_allocated(tail) {
+                self.pending += 1;
+            }
+        }
     }
 
-    /// Every final, dead, allocated block, as byte ranges (after a punch
-    /// that failed and should be tried again).
+    /// Bytes that punching holes over the dead blocks would free now; zero
+    /// for a sealed segment nobody holds: that file is about to be deleted
+    /// whole, and punching it first would be wasted work. (The writer's
+    /// segment may get new records even with no holder left, so its dead
+    /// blocks count.)
+    pub(super) fn pending_bytes(&self) -> u64 {
+        if self.holders == 0 && self.sealed {
+            0
+        } else {
+            self.pending * self.block
+        }
+    }
+
+    /// Every final, dead, allocated block, as byte ranges: where to punch.
     pub(super) fn dead_ranges(&self) -> Vec<Range<u64>> {
         let mut ranges: Vec<Range<u64>> = Vec::new();
         for b in 0..self.holds.len() {
@@ -207,6 +209,7 @@ impl BlockMap {
             if self.holds[b] == 0 && self.is_allocated(b) {
                 self.allocated[b / 64] &= !(1 << (b % 64));
                 self.allocated_blocks -= 1;
+                self.pending -= 1;
                 freed += self.block;
             }
         }
@@ -315,11 +318,15 @@ mod tests {
         m.place(164 + 3 * B, 100); // block 3
         m.place(264 + 3 * B, 10); // keeps the writer beyond block 3
                                   // The middle record's inner blocks 1 and 2 are dead and final.
-        assert_eq!(m.release(164, 3 * B), vec![B..3 * B]);
+        m.release(164, 3 * B);
+        assert_eq!(m.pending_bytes(), 2 * B);
+        assert_eq!(m.dead_ranges(), vec![B..3 * B]);
         assert_eq!(m.punched(B..3 * B), 2 * B);
         assert_eq!(m.punched(B..3 * B), 0, "counted once");
+        assert_eq!(m.pending_bytes(), 0);
         // The first record's block 0 is the header's too: never freed.
-        assert_eq!(m.release(64, 100), vec![]);
+        m.release(64, 100);
+        assert_eq!(m.pending_bytes(), 0);
         m.validate().unwrap();
     }
 
@@ -329,29 +336,39 @@ mod tests {
         m.place(64, B - 64); // block 0
         m.place(B, 100); // block 1, not final: the writer is in it
         m.place(B + 100, 10); // block 1
-        assert_eq!(m.release(B, 100), vec![]);
-        assert_eq!(m.release(B + 100, 10), vec![]);
-        assert_eq!(m.seal(), Some(B..2 * B));
-        assert_eq!(m.seal(), None);
+        m.release(B, 100);
+        m.release(B + 100, 10);
+        assert_eq!(m.pending_bytes(), 0);
+        m.seal();
+        assert_eq!(m.dead_ranges(), vec![B..2 * B]);
+        assert_eq!(m.pending_bytes(), B);
+        m.seal();
+        assert_eq!(m.pending_bytes(), B);
+        m.validate().unwrap();
     }
 
     #[test]
-    fn a_pin_keeps_blocks_until_it_goes() {
+    fn a_reader_keeps_blocks_until_it_goes() {
         let mut m = map();
         m.place(64, 3 * B);
         m.place(64 + 3 * B, 1);
-        m.hold(64, 3 * B); // a value handed out
-        assert_eq!(m.release(64, 3 * B), vec![]);
-        assert_eq!(m.release(64, 3 * B), vec![B..3 * B]);
+        m.hold(64, 3 * B); // a reader in flight
+        m.release(64, 3 * B);
+        assert_eq!(m.pending_bytes(), 0);
+        m.release(64, 3 * B);
+        assert_eq!(m.dead_ranges(), vec![B..3 * B]);
+        m.validate().unwrap();
     }
 
     #[test]
     fn the_last_holder_frees_nothing_the_file_goes_whole() {
         let mut m = map();
         m.place(64, 3 * B);
-        assert_eq!(m.seal(), None, "the last block is held");
+        m.seal();
+        assert_eq!(m.pending_bytes(), 0, "the last block is held");
         assert_eq!(m.freed_by_releasing(&[(64, 3 * B)], true), m.accounted());
-        assert_eq!(m.release(64, 3 * B), vec![]);
+        m.release(64, 3 * B);
+        assert_eq!(m.pending_bytes(), 0, "nobody holds the file: deleted whole");
     }
 
     #[test]
@@ -367,13 +384,14 @@ mod tests {
         let three = [(2064, 9000), (11_064, 100), (11_164, 5000)];
         assert_eq!(m.freed_by_releasing(&three[..2], true), B);
         assert_eq!(m.freed_by_releasing(&three, true), 2 * B);
-        let dead = m.release(2064, 9000);
-        assert_eq!(dead, vec![B..2 * B]);
-        assert_eq!(m.punched(dead[0].clone()), B);
+        m.release(2064, 9000);
+        assert_eq!(m.pending_bytes(), B);
+        assert_eq!(m.punched(B..2 * B), B);
         assert_eq!(m.dead_ranges(), Vec::<Range<u64>>::new());
         m.seal();
         m.release(11_164, 5000);
         assert_eq!(m.dead_ranges(), vec![3 * B..4 * B]);
+        m.validate().unwrap();
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //!   records to shared segment files of `segment_size` bytes, read back with
 //!   one `pread` each; a value whose record is larger than a quarter of that
 //!   gets a file of its own, mapped, so it can be handed out without a copy.
-//! - **Space comes back at once** ([`blocks`]): records and readers in
+//! - **Space comes back promptly** ([`blocks`]): records and readers in
 //!   flight hold the file-system blocks of a shared segment they cover;
-//!   when the last hold on a block goes (a value removed,
-//!   replaced, brought back without its copy, moved by compaction), a hole
-//!   is punched over it (`fallocate(PUNCH_HOLE)`), so the space returns to
-//!   the file system without waiting for the whole file to empty. A file is
+//!   when the last hold on a block goes (a value removed, replaced, brought
+//!   back without its copy, moved by compaction), it is dead, and holes are
+//!   punched over dead blocks (`fallocate(PUNCH_HOLE)`) in batches of a
+//!   sixteenth of a segment, and over all of them as soon as a write would
+//!   go past the disk budget or meets a full disk: the space returns to the
+//!   file system without waiting for the whole file to empty. A file is
 //!   deleted as soon as no record needs it. Blocks that dead and live
 //!   records share stay until compaction moves the live ones. Where the
 //!   file system cannot punch holes (`EOPNOTSUPP`: some network and older
@@ -48,7 +50,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Mutex;
@@ -99,6 +101,12 @@ pub(crate) struct DirShared {
     live_bytes: AtomicU64,
     /// Cleared when the file system refuses to punch a hole.
     can_punch: AtomicBool,
+    /// Live [`BulkRelease`] guards: releases do not punch meanwhile.
+    bulk_releases: AtomicUsize,
+    /// Segments with dead blocks not punched yet.
+    dead: Mutex<Vec<Weak<Segment>>>,
+    /// Dead bytes a segment gathers before they are punched in one batch.
+    punch_batch: u64,
     punched_bytes: AtomicU64,
     compacting: AtomicBool,
     /// `allocated` when a pass last ended on a failed write (disk full, or
@@ -144,6 +152,19 @@ pub(crate) struct DiskUsage {
     pub(crate) compactions: u64,
     pub(crate) compacted_bytes: u64,
     pub(crate) orphans: Orphans,
+}
+
+/// While it lives, dropping records punches no holes: for dropping most
+/// records at once (`clear`, dropping the store), when their files are about
+/// to be deleted whole and punching their blocks first would be wasted
+/// system calls. A file that survives is listed, and punched with the next
+/// batch that is needed.
+pub(crate) struct BulkRelease<'a>(&'a DirShared);
+
+impl Drop for BulkRelease<'_> {
+    fn drop(&mut self) {
+        self.0.bulk_releases.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Clears the compaction flag when a compaction pass ends.
@@ -222,6 +243,9 @@ impl SpillDir {
                 allocated: AtomicU64::new(0),
                 live_bytes: AtomicU64::new(0),
                 can_punch: AtomicBool::new(true),
+                bulk_releases: AtomicUsize::new(0),
+                dead: Mutex::new(Vec::new()),
+                punch_batch: (config.segment_size / 16).max(block),
                 punched_bytes: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
                 stalled_at: AtomicU64::new(u64::MAX),
@@ -276,6 +300,7 @@ impl SpillDir {
         if !(force || self.compaction_due()) || shared.compacting.swap(true, Ordering::AcqRel) {
             return None;
         }
+        shared.punch_all_dead_blocks();
         Some(CompactionGuard(shared))
     }
 
@@ -326,6 +351,15 @@ impl SpillDir {
             .sum()
     }
 
+    /// Suspends hole punching while the returned guard lives; see
+    /// [`BulkRelease`].
+    // For the shard's `clear` and the store's drop; only tests call it yet.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn bulk_release(&self) -> BulkRelease<'_> {
+        self.shared.bulk_releases.fetch_add(1, Ordering::AcqRel);
+        BulkRelease(&self.shared)
+    }
+
     /// Writes each value as a checksummed record and returns the records in
     /// the same order.
     ///
@@ -342,7 +376,7 @@ impl SpillDir {
         let mut batch_start: Option<(&Arc<Segment>, u64)> = None;
         let flush = |batch: &mut Vec<u8>, start: Option<(&Arc<Segment>, u64)>| {
             if let Some((segment, offset)) = start {
-                segment.write_at(batch, offset)?;
+                self.write_at(segment, batch, offset)?;
             }
             batch.clear();
             Ok::<(), Error>(())
@@ -357,10 +391,9 @@ impl SpillDir {
                 flush(&mut batch, batch_start.take())?;
             }
             if record_len > MAX_COALESCED_WRITE {
-                record.segment().write_at(&header, record.offset())?;
-                record
-                    .segment()
-                    .write_at(value, record.offset() + header.len() as u64)?;
+                self.write_at(record.segment(), &header, record.offset())?;
+                let value_at = record.offset() + header.len() as u64;
+                self.write_at(record.segment(), value, value_at)?;
                 continue;
             }
             if batch_start.is_none() {
@@ -371,6 +404,20 @@ impl SpillDir {
         }
         flush(&mut batch, batch_start)?;
         Ok(records)
+    }
+
+    /// Writes `data` at `offset` of `segment`. A full disk is met by
+    /// punching every dead block not punched yet, then trying once more:
+    /// after a disk-full error, removing values is all it takes for the next
+    /// spill to succeed.
+    fn write_at(&self, segment: &Arc<Segment>, data: &[u8], offset: u64) -> Result<(), Error> {
+        match segment.write_at(data, offset) {
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::StorageFull => {
+                self.shared.punch_all_dead_blocks();
+                segment.write_at(data, offset)
+            }
+            other => other,
+        }
     }
 
     /// Places each value: small records in the active segment (rolling over
@@ -406,7 +453,12 @@ impl SpillDir {
             }
             price
         };
-        shared.take_space(price)?;
+        if shared.take_space(price).is_err() {
+            // Dead blocks not punched yet count as occupied: punch them all
+            // before refusing.
+            shared.punch_all_dead_blocks();
+            shared.take_space(price)?;
+        }
         let mut placed = 0;
         let mut place_small = || -> Result<(), Error> {
             for (i, &len) in lens.iter().enumerate() {
@@ -498,6 +550,44 @@ impl DirShared {
                 Ok(_) => return Ok(()),
                 Err(now) => current = now,
             }
+        }
+    }
+
+    /// Notes that `segment` has `pending` bytes of dead blocks to punch.
+    ///
+    /// Holes are punched in batches of `punch_batch` bytes per segment
+    /// (a sixteenth of a segment: 1 MiB by default), because each batch
+    /// drops the segment's mapping (see [`Segment::punch_dead_blocks`]); the
+    /// segments with a smaller batch gathered are listed, and punched all at
+    /// once when a write would go past the disk budget or meets a full disk,
+    /// and when a compaction pass starts. So dead space waits at most one
+    /// batch per segment before it returns, and never when it is needed.
+    fn dead_blocks(&self, segment: &Arc<Segment>, pending: u64) {
+        // Listed even when punched now: a punch already under way may miss
+        // blocks that died meanwhile.
+        self.list(segment);
+        if pending >= self.punch_batch && self.bulk_releases.load(Ordering::Acquire) == 0 {
+            segment.punch_dead_blocks(self);
+        }
+    }
+
+    /// Lists `segment` among those with dead blocks, once.
+    fn list(&self, segment: &Arc<Segment>) {
+        if !segment.listed.swap(true, Ordering::AcqRel) {
+            let mut dead = self.dead.lock();
+            if dead.len() > 2 * self.files.load(Ordering::Relaxed) + 16 {
+                dead.retain(|s| s.strong_count() > 0);
+            }
+            dead.push(Arc::downgrade(segment));
+        }
+    }
+
+    /// Punches the dead blocks of every listed segment.
+    fn punch_all_dead_blocks(&self) {
+        let listed = std::mem::take(&mut *self.dead.lock());
+        for segment in listed.iter().filter_map(Weak::upgrade) {
+            segment.listed.store(false, Ordering::Release);
+            segment.punch_dead_blocks(self);
         }
     }
 
@@ -908,6 +998,23 @@ mod tests {
             files - 1
         );
         assert_eq!(held, big[0]);
+    }
+
+    #[test]
+    fn a_bulk_release_punches_nothing_survivors_catch_up_later() {
+        let (_tmp, spill) = dir_with(config(64 << 10, None, None));
+        let mut records = spill.write(&values(&[12 << 10; 5])).unwrap();
+        let before = spill.usage().allocated;
+        {
+            let _bulk = spill.bulk_release();
+            records.drain(1..3);
+            assert_eq!(spill.usage().allocated, before);
+        }
+        assert_eq!(spill.usage().punched_bytes, 0);
+        records.remove(2); // the last of the five: its blocks, and the others'
+        let usage = spill.usage();
+        assert!(usage.punched_bytes > 4 * 4096, "{usage:?}");
+        assert_eq!(usage.allocated, before - usage.punched_bytes);
     }
 
     #[test]

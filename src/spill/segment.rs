@@ -2,17 +2,16 @@
 //! large record.
 //!
 //! In a shared segment, records and readers in flight hold its blocks (see
-//! [`super::blocks`]); the space of blocks nobody holds is returned by
-//! punching holes. Shared segments are read with `pread`, never mapped: a
-//! hole punched under a mapping costs a TLB shootdown on every core. A file
-//! of one large record is mapped, so its value can be handed out without a
-//! copy; it is never punched, only deleted whole.
+//! [`super::blocks`]); blocks nobody holds are punched, in batches, with the
+//! segment's mapping dropped first. Records are read through the file's
+//! mapping; values from shared segments are copied out, and only a file of
+//! one large record (never punched, only deleted whole) hands its value out
+//! as a slice of the mapping.
 //!
 //! This module holds the mapping, the only `unsafe` code of the crate
-//! besides the two system calls in [`super::sys`].
+//! besides the system calls in [`super::sys`].
 
 use std::fs::File;
-use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -60,14 +59,15 @@ pub(crate) struct Segment {
     live_bytes: AtomicU64,
     /// Set once the writer has moved on: no more records will be added.
     sealed: AtomicBool,
-    /// A punch failed: the next release looks for every dead block.
-    retry_punch: AtomicBool,
+    /// Punching its dead blocks is under way.
+    flushing: AtomicBool,
+    /// Listed in the dump dir's segments with dead blocks to punch.
+    pub(super) listed: AtomicBool,
     dir: Weak<DirShared>,
 }
 
-/// An open spill file: its descriptor and, for a dedicated file once its
-/// record was read, its mapping. Values handed out hold the mapping, never
-/// the descriptor.
+/// An open spill file: its descriptor and, once some record was read, its
+/// mapping. Values handed out hold the mapping, never the descriptor.
 struct Handle {
     file: Arc<File>,
     #[cfg(not(miri))]
@@ -140,7 +140,8 @@ impl Segment {
             live: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
-            retry_punch: AtomicBool::new(false),
+            flushing: AtomicBool::new(false),
+            listed: AtomicBool::new(false),
             dir: Arc::downgrade(dir),
         }))
     }
@@ -190,7 +191,8 @@ impl Segment {
     }
 
     /// Drops a hold on `offset..offset + len` (a record's, if `record`, else
-    /// a pin's) and returns the space of the blocks nobody holds any more.
+    /// a reader's); blocks nobody holds any more are punched, in batches
+    /// (see [`DirShared::dead_blocks`]).
     fn release(self: &Arc<Self>, offset: u64, len: u64, record: bool) {
         let dir = self.dir.upgrade();
         if record {
@@ -200,12 +202,13 @@ impl Segment {
             }
         }
         if let Some(blocks) = &self.blocks {
-            let mut dead = blocks.lock().release(offset, len);
-            if !dead.is_empty() && self.retry_punch.swap(false, Ordering::Relaxed) {
-                dead = blocks.lock().dead_ranges();
-            }
-            if let Some(dir) = &dir {
-                self.punch(dir, dead);
+            let pending = {
+                let mut b = blocks.lock();
+                b.release(offset, len);
+                b.pending_bytes()
+            };
+            if let (true, Some(dir)) = (pending > 0, &dir) {
+                dir.dead_blocks(self, pending);
             }
         }
         if record && self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -215,47 +218,69 @@ impl Segment {
         }
     }
 
-    /// Punches holes over `ranges`, whose blocks are dead and final: no
-    /// record, reader or handed-out value holds them and none ever will.
-    fn punch(self: &Arc<Self>, dir: &DirShared, ranges: Vec<Range<u64>>) {
-        if ranges.is_empty() || !dir.can_punch.load(Ordering::Relaxed) {
+    /// Punches holes over every block no record or reader holds any more
+    /// and none ever will, and returns their space.
+    ///
+    /// The segment's cached mapping is dropped first: punching a hole under
+    /// a mapped page makes the kernel split the page cache's large folios
+    /// and unmap their pages one by one, each with a TLB shootdown on every
+    /// core running the process (measured at 40% of spillbench's mixed phase
+    /// when every dead record was punched at once under the mapping). The
+    /// next read maps the file again.
+    pub(super) fn punch_dead_blocks(self: &Arc<Self>, dir: &DirShared) {
+        let Some(blocks) = &self.blocks else { return };
+        if !dir.can_punch.load(Ordering::Relaxed) || self.flushing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(blocks) = &self.blocks else { return };
-        let Ok(access) = self.access(false) else {
-            self.retry_punch.store(true, Ordering::Relaxed);
-            return;
-        };
-        for range in ranges {
-            match sys::punch_hole(&access.file, range.clone()) {
-                Ok(()) => {
-                    let freed = {
-                        let mut b = blocks.lock();
-                        let freed = b.punched(range);
-                        self.accounted.store(b.accounted(), Ordering::Relaxed);
-                        freed
-                    };
-                    dir.allocated.fetch_sub(freed, Ordering::AcqRel);
-                    dir.punched_bytes.fetch_add(freed, Ordering::Relaxed);
+        #[cfg(not(miri))]
+        {
+            let map = self.handle.lock().as_mut().and_then(|h| h.map.take());
+            drop(map);
+        }
+        let ranges = blocks.lock().dead_ranges();
+        if let Ok(access) = self.access(false) {
+            for range in ranges {
+                match sys::punch_hole(&access.file, range.clone()) {
+                    Ok(()) => {
+                        let freed = {
+                            let mut b = blocks.lock();
+                            let freed = b.punched(range);
+                            self.accounted.store(b.accounted(), Ordering::Relaxed);
+                            freed
+                        };
+                        dir.allocated.fetch_sub(freed, Ordering::AcqRel);
+                        dir.punched_bytes.fetch_add(freed, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        // Compaction reclaims what holes would have.
+                        dir.can_punch.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    // Left pending: tried again at the next batch.
+                    Err(_) => {}
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                    // Compaction reclaims what holes would have.
-                    dir.can_punch.store(false, Ordering::Relaxed);
-                    return;
-                }
-                Err(_) => self.retry_punch.store(true, Ordering::Relaxed),
             }
+        }
+        self.flushing.store(false, Ordering::Release);
+        // Blocks that died meanwhile, or whose punch failed, wait for the
+        // next batch.
+        if blocks.lock().pending_bytes() > 0 {
+            dir.list(self);
         }
     }
 
-    /// Marks that no record will be added any more, and frees the last
-    /// block if nobody holds it.
+    /// Marks that no record will be added any more; the last block becomes
+    /// dead if nobody holds it.
     pub(super) fn seal(self: &Arc<Self>) {
         self.sealed.store(true, Ordering::Release);
         if let Some(blocks) = &self.blocks {
-            let tail = blocks.lock().seal();
-            if let (Some(tail), Some(dir)) = (tail, self.dir.upgrade()) {
-                self.punch(&dir, vec![tail]);
+            let pending = {
+                let mut b = blocks.lock();
+                b.seal();
+                b.pending_bytes()
+            };
+            if let (true, Some(dir)) = (pending > 0, self.dir.upgrade()) {
+                dir.dead_blocks(self, pending);
             }
         }
     }
@@ -356,26 +381,29 @@ impl Segment {
         Ok(file)
     }
 
-    /// Maps the whole (dedicated) file read-only.
+    /// Maps the whole file read-only.
     #[cfg(not(miri))]
     fn map(&self, file: &File) -> Result<memmap2::Mmap, Error> {
         // SAFETY: mapping a file is unsafe because the mapped memory changes
         // if the file is modified while mapped, and touching a page past the
-        // file's end raises SIGBUS. Only dedicated files are mapped. The file
-        // is ours: created with `create_new` and mode 0600 in a dump
-        // directory this store holds locked (a reopened one was checked to
-        // be the same inode, with our header), sized once at creation and
-        // never truncated, renamed or rewritten by the store: its one record
-        // is written before anyone is handed a reader of it, and never
-        // written again. No hole is ever punched in a dedicated file (only
-        // shared segments are punched, and those are never mapped), so no
-        // byte anyone can still read turns to zeros. Deleting the file keeps
-        // the mapping valid. The mapping covers the size the file was created
-        // with, even if someone shortened it since; `read_mapped` checks the
+        // file's end raises SIGBUS. The file is ours: created with
+        // `create_new` and mode 0600 in a dump directory this store holds
+        // locked (a reopened one was checked to be the same inode, with our
+        // header), sized once at creation and never truncated, renamed or
+        // rewritten by the store: records are appended into space no reader
+        // has been handed yet, and a record's bytes are never written again
+        // once its value was stored. Holes are punched (with KEEP_SIZE, so
+        // the length never moves) only in shared segments and only over
+        // blocks that no record or reader in flight holds, and values read
+        // from shared segments are copied out before the read ends; a slice
+        // of a mapping outlives the read only for a file of one record, which
+        // is never punched. So no byte anyone can still read turns to zeros.
+        // Deleting the file keeps the mapping valid. The mapping covers the
+        // size the file was created with, even if someone shortened it since,
+        // so records appended later stay reachable; `read_mapped` checks the
         // file's current length right before every access, so no page past
         // the end is touched while the store is idle, and the checksum
-        // catches altered bytes. Values kept resident are copied out of the
-        // mapping, so only values handed to callers share the file's pages.
+        // catches altered bytes.
         unsafe {
             memmap2::MmapOptions::new()
                 .len(self.size as usize)
@@ -388,15 +416,14 @@ impl Segment {
     /// the header must name this place and length, and the value must match
     /// the header's checksum, so altered bytes are never returned.
     ///
-    /// A file of one large record is read through its mapping: with `copy`
-    /// the value is copied out (and the copy is what gets verified), else it
-    /// is handed out as a slice of the mapping, without a copy. A shared
-    /// segment is never mapped: its records are read with `pread` into a
-    /// buffer of their own, which is what is returned either way. Holes are
-    /// punched in shared segments only, and punching a hole under a mapping
-    /// makes the kernel unmap those pages from every mapping of the file, with
-    /// a TLB shootdown to every core running the process (measured: 40% of
-    /// spillbench's mixed phase when shared segments were mapped).
+    /// The record is read through the file's mapping. With `copy` the value
+    /// is copied out (and the copy is what gets verified); without, a value
+    /// from a file of one record is handed out as a slice of the mapping, no
+    /// copy. A value from a shared segment is always copied out: holes are
+    /// punched in shared segments (never under a reader, whose pin holds the
+    /// record's blocks), so their mapping is dropped and made again now and
+    /// then (see [`punch_dead_blocks`](Self::punch_dead_blocks)) and a slice
+    /// of it must not outlive the read.
     fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
         let offset = pin.offset;
         let end = offset
@@ -404,11 +431,12 @@ impl Segment {
             .and_then(|x| x.checked_add(len))
             .ok_or_else(|| self.corrupted(offset, format!("record length {len} overflows")))?;
         #[cfg(not(miri))]
-        if self.dedicated {
-            return self.read_mapped(offset, end, copy);
+        return self.read_mapped(offset, end, copy || !self.dedicated);
+        #[cfg(miri)]
+        {
+            let _ = copy;
+            self.read_file(offset, end)
         }
-        let _ = copy;
-        self.read_file(offset, end)
     }
 
     fn corrupted(&self, offset: u64, reason: String) -> Error {
@@ -426,27 +454,30 @@ impl Segment {
             .map_err(|reason| self.corrupted(offset, reason))
     }
 
-    /// Reads the record `offset..end` with `pread`: a file shortened behind
-    /// the store's back gives a short read, reported as corrupted.
+    /// Reads the record `offset..end` with `pread` (Miri cannot map files):
+    /// a file shortened behind the store's back gives a short read, reported
+    /// as corrupted.
+    #[cfg(miri)]
     fn read_file(self: &Arc<Self>, offset: u64, end: u64) -> Result<Bytes, Error> {
         let access = self.access(false)?;
-        let buf = sys::read_exact_at(&access.file, (end - offset) as usize, offset).map_err(
-            |e| match e.kind() {
+        let mut buf = vec![0u8; (end - offset) as usize];
+        access
+            .file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => self.corrupted(
                     offset,
                     format!("file ends before the record's end at {end}"),
                 ),
                 _ => Error::io("reading spill file", &self.path, e),
-            },
-        )?;
+            })?;
         let (header, value) = buf.split_at(HEADER_LEN as usize);
         self.check_header(header, offset, end)?;
         record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
         Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
     }
 
-    /// Reads the record `offset..end` of a dedicated file through the
-    /// file's mapping.
+    /// Reads the record `offset..end` through the file's mapping.
     ///
     /// The file's current length is checked before the mapping is touched, so
     /// a file truncated while the store was idle is reported as corrupted
@@ -657,7 +688,7 @@ impl RecordReader {
     /// Reads back the value, verified, for handing out: from a file of its
     /// own, a slice of the file's mapping (no copy; it keeps the mapping
     /// alive while it lives, so it is not for keeping resident); from a
-    /// shared segment, a buffer of its own. See [`Segment::read`].
+    /// shared segment, a copy of its own. See [`Segment::read`].
     pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
         self.pin.segment.read(&self.pin, self.value_len(), false)
     }

@@ -1,7 +1,6 @@
-//! What std does not offer: punching a hole in a file, reading the
-//! descriptor limit, and a positioned read into a buffer that was not zeroed
-//! first. All go through `libc`, which the mapping (memmap2) already depends
-//! on, so it adds nothing to the build.
+//! The two system calls std does not offer: punching a hole in a file and
+//! reading the descriptor limit. Both go through `libc`, which the mapping
+//! (memmap2) already depends on, so it adds nothing to the build.
 
 use std::fs::File;
 use std::io;
@@ -94,58 +93,4 @@ pub(super) fn open_file_limit() -> Option<u64> {
 #[cfg(miri)]
 pub(super) fn open_file_limit() -> Option<u64> {
     Some(1024)
-}
-
-/// Reads exactly `len` bytes at `offset` of `file` into a new buffer,
-/// without zeroing the buffer first (zeroing cost 12% of spillbench's mixed
-/// phase, as much as the read itself). A file that ends first gives
-/// `UnexpectedEof`.
-#[cfg(not(miri))]
-pub(super) fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-
-    let mut buf: Vec<u8> = Vec::with_capacity(len);
-    while buf.len() < len {
-        let done = buf.len();
-        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "offset too large",
-            ));
-        };
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `pread` writes at most `spare.len()` bytes through the
-        // pointer, which points to the `spare.len()` bytes of `buf`'s
-        // allocation past its length: valid for writes, not aliased (`buf`
-        // is ours alone) and not read by the call. The descriptor belongs to
-        // `file`, borrowed for the whole call.
-        let n =
-            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
-        match n {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => {
-                // SAFETY: `pread` initialized the first `n` bytes of the
-                // spare capacity, and `n <= spare.len()`, so the first
-                // `done + n` bytes of `buf` are initialized and within its
-                // capacity.
-                unsafe { buf.set_len(done + n as usize) };
-            }
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(buf)
-}
-
-/// Miri: a zeroed buffer and std's positioned read.
-#[cfg(miri)]
-pub(super) fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
 }
