@@ -420,6 +420,33 @@ impl SpillDir {
         }
     }
 
+    /// The bytes on disk that records of `lens` bytes (headers included)
+    /// would newly occupy, placed where the writer is now: blocks of the
+    /// active segment they would start, a new segment's header block when
+    /// it fills, whole files for large records. What `reserve` takes from
+    /// the disk budget before it places anything.
+    fn price(&self, writer: &Writer, lens: &[u64]) -> u64 {
+        let shared = &self.shared;
+        let mut price = 0;
+        let mut end = writer.active.as_ref().map(|_| writer.used);
+        for &len in lens {
+            if len > shared.segment_size / 4 {
+                price += blocks::sequential_file_cost(FILE_HEADER_LEN + len, shared.block);
+                continue;
+            }
+            let e = match end {
+                Some(e) if e + len <= shared.segment_size => e,
+                _ => {
+                    price += blocks::append_cost(0, FILE_HEADER_LEN, shared.block);
+                    FILE_HEADER_LEN
+                }
+            };
+            price += blocks::append_cost(e, len, shared.block);
+            end = Some(e + len);
+        }
+        price
+    }
+
     /// Places each value: small records in the active segment (rolling over
     /// to a new one when it is full), large ones in files of their own.
     ///
@@ -433,26 +460,7 @@ impl SpillDir {
         let is_large = |len: u64| len > shared.segment_size / 4;
         let mut records: Vec<Option<Record>> = values.iter().map(|_| None).collect();
         let mut writer = shared.writer.lock();
-        let price = {
-            let mut price = 0;
-            let mut end = writer.active.as_ref().map(|_| writer.used);
-            for &len in &lens {
-                if is_large(len) {
-                    price += blocks::sequential_file_cost(FILE_HEADER_LEN + len, shared.block);
-                    continue;
-                }
-                let e = match end {
-                    Some(e) if e + len <= shared.segment_size => e,
-                    _ => {
-                        price += blocks::append_cost(0, FILE_HEADER_LEN, shared.block);
-                        FILE_HEADER_LEN
-                    }
-                };
-                price += blocks::append_cost(e, len, shared.block);
-                end = Some(e + len);
-            }
-            price
-        };
+        let price = self.price(&writer, &lens);
         if shared.take_space(price).is_err() {
             // Dead blocks not punched yet count as occupied: punch them all
             // before refusing.
@@ -494,19 +502,11 @@ impl SpillDir {
             }
             Ok(())
         });
-        // What was priced but not placed (all of it is placed, unless a file
-        // could not be created) goes back to the budget. Placed records
-        // dropped on error give their blocks back themselves.
         debug_assert!(
             result.is_err() || placed == price,
             "priced {price}, placed {placed}"
         );
-        shared
-            .allocated
-            .fetch_sub(price.saturating_sub(placed), Ordering::AcqRel);
-        if placed > price {
-            shared.allocated.fetch_add(placed - price, Ordering::AcqRel);
-        }
+        shared.settle(price, placed);
         result?;
         Ok(records.into_iter().map(|r| r.expect("placed")).collect())
     }
@@ -524,6 +524,18 @@ impl Drop for SpillDir {
 }
 
 impl DirShared {
+    /// Settles what `reserve` took from the budget with what it placed:
+    /// what was priced but not placed (all of it is placed, unless a file
+    /// could not be created) goes back. Placed records dropped on error
+    /// give their blocks back themselves.
+    fn settle(&self, price: u64, placed: u64) {
+        self.allocated
+            .fetch_sub(price.saturating_sub(placed), Ordering::AcqRel);
+        if placed > price {
+            self.allocated.fetch_add(placed - price, Ordering::AcqRel);
+        }
+    }
+
     /// Takes `bytes` from the disk budget, or refuses with `DiskLimit`
     /// taking nothing.
     fn take_space(&self, bytes: u64) -> Result<(), Error> {
