@@ -294,11 +294,13 @@ impl SpillDir {
         Some(CompactionGuard(shared))
     }
 
-    /// Bytes that dropping `records` would return to the file system at
-    /// once: the whole file where no other record, reader or handed-out
-    /// value needs it, else the blocks only these records hold (if holes
-    /// can be punched). For a caller deciding which disk copies to give up
-    /// when a write meets [`Error::DiskLimit`].
+    /// Bytes that dropping `records` would return to the file system: the
+    /// whole file where no other record or reader needs it (deleted at
+    /// once), else the blocks only these records hold, if holes can be
+    /// punched (they are, with the segment's next batch, and at the latest
+    /// before a write is refused for the budget). For a caller deciding
+    /// which disk copies to give up when a write meets [`Error::DiskLimit`]:
+    /// drop them, then write again.
     // For the shard's side of the disk budget; only tests call it yet.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn freed_by_dropping(&self, records: &[&Record]) -> u64 {
