@@ -990,6 +990,30 @@ mod tests {
         assert_eq!(usage.allocated, before - usage.punched_bytes);
     }
 
+    /// Where the file system refuses to punch holes (EOPNOTSUPP), nothing is
+    /// counted as freed that was not: dead blocks stay counted until their
+    /// file goes whole (compaction's job), and the budget still holds.
+    #[test]
+    fn without_holes_dead_blocks_stay_counted_until_the_file_goes() {
+        let (_tmp, spill) = dir_with(config(64 << 10, Some(80 << 10), None));
+        spill.shared.can_punch.store(false, Ordering::Relaxed);
+        let mut records = spill.write(&values(&[12 << 10; 5])).unwrap();
+        let before = spill.usage().allocated;
+        records.drain(1..4);
+        assert_eq!(spill.usage().allocated, before);
+        assert_eq!(spill.usage().punched_bytes, 0);
+        let more = spill.write(&values(&[12 << 10]));
+        assert!(
+            matches!(more, Err(Error::DiskLimit { .. })),
+            "{:?}",
+            more.err()
+        );
+        records.clear();
+        // The segment is still the writer's: retired when it empties.
+        assert_eq!(spill.usage().allocated, 0);
+        spill.write(&values(&[12 << 10])).unwrap();
+    }
+
     #[test]
     fn a_write_past_the_disk_limit_is_refused_whole() {
         let limit = 40 << 10;
