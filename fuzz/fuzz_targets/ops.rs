@@ -152,7 +152,7 @@ impl Checker {
                     bytes.as_ref() == want.as_slice(),
                     "step {step}: get({key}) returned wrong bytes"
                 );
-                self.hold(step, &bytes, want);
+                hold(&mut self.held, step, &bytes, want);
                 assert_eq!(
                     Some(from),
                     before,
@@ -284,14 +284,14 @@ impl Checker {
 
 // Values handed out stay intact whatever happens to their keys later
 // (removes, replaces, compaction punching holes in their files).
-impl Checker {
-    fn hold(&mut self, step: usize, bytes: &Bytes, want: &[u8]) {
-        if self.held.len() == 16 {
-            self.held.swap_remove(step % 16);
-        }
-        self.held.push((step, bytes.clone(), want.to_vec()));
+fn hold(held: &mut Vec<(usize, Bytes, Vec<u8>)>, step: usize, bytes: &Bytes, want: &[u8]) {
+    if held.len() == 16 {
+        held.swap_remove(step % 16);
     }
+    held.push((step, bytes.clone(), want.to_vec()));
+}
 
+impl Checker {
     fn check_held(&self, step: usize) {
         for (got_at, bytes, want) in &self.held {
             assert!(
