@@ -597,6 +597,8 @@ where
     pub fn clear(&self) -> Result<(), Error> {
         // No compaction pass may write records for entries cleared under it.
         let _pass = self.shared.passes.lock();
+        // Files emptied here are deleted whole: no holes punched first.
+        let _bulk = self.spill().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);
         Ok(())
     }
@@ -739,6 +741,7 @@ impl<K: Send + Sync> Drop for SpillStore<K> {
     /// stays.
     fn drop(&mut self) {
         drop(self.compactor.take());
+        let _bulk = self.shared.spill.as_ref().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);
     }
 }

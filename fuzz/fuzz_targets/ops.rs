@@ -134,8 +134,7 @@ impl Checker {
 
     fn get(&mut self, step: usize, key: u16, with_location: bool) {
         let before = self.store.location(&key);
-        // A copy: the model is not borrowed while `hold` records the value.
-        let expected = self.model.get(&key).cloned();
+        let expected = self.model.get(&key);
         assert_eq!(
             before.is_some(),
             expected.is_some(),
@@ -156,7 +155,7 @@ impl Checker {
                     bytes.as_ref() == want.as_slice(),
                     "step {step}: get({key}) returned wrong bytes"
                 );
-                self.hold(step, &bytes, &want);
+                hold(&mut self.held, step, &bytes, want);
                 assert_eq!(
                     Some(from),
                     before,
@@ -291,14 +290,14 @@ impl Checker {
 
 // Values handed out stay intact whatever happens to their keys later
 // (removes, replaces, compaction punching holes in their files).
-impl Checker {
-    fn hold(&mut self, step: usize, bytes: &Bytes, want: &[u8]) {
-        if self.held.len() == 16 {
-            self.held.swap_remove(step % 16);
-        }
-        self.held.push((step, bytes.clone(), want.to_vec()));
+fn hold(held: &mut Vec<(usize, Bytes, Vec<u8>)>, step: usize, bytes: &Bytes, want: &[u8]) {
+    if held.len() == 16 {
+        held.swap_remove(step % 16);
     }
+    held.push((step, bytes.clone(), want.to_vec()));
+}
 
+impl Checker {
     fn check_held(&self, step: usize) {
         for (got_at, bytes, want) in &self.held {
             assert!(

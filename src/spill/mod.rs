@@ -323,11 +323,13 @@ impl SpillDir {
         files > live.saturating_add(slack) || allocated > live.saturating_add(disk_slack)
     }
 
-    /// Bytes that dropping `records` would return to the file system at
-    /// once: the whole file where no other record, reader or handed-out
-    /// value needs it, else the blocks only these records hold (if holes
-    /// can be punched). For a caller deciding which disk copies to give up
-    /// when a write meets [`Error::DiskLimit`].
+    /// Bytes that dropping `records` would return to the file system: the
+    /// whole file where no other record or reader needs it (deleted at
+    /// once), else the blocks only these records hold, if holes can be
+    /// punched (they are, with the segment's next batch, and at the latest
+    /// before a write is refused for the budget). For a caller deciding
+    /// which disk copies to give up when a write meets [`Error::DiskLimit`]:
+    /// drop them, then write again.
     // For the shard's side of the disk budget; only tests call it yet.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn freed_by_dropping(&self, records: &[&Record]) -> u64 {
@@ -352,9 +354,8 @@ impl SpillDir {
     }
 
     /// Suspends hole punching while the returned guard lives; see
-    /// [`BulkRelease`].
-    // For the shard's `clear` and the store's drop; only tests call it yet.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// [`BulkRelease`]. The store's `clear` and drop hold it: the files they
+    /// empty are deleted whole, so punching them first would be wasted work.
     pub(crate) fn bulk_release(&self) -> BulkRelease<'_> {
         self.shared.bulk_releases.fetch_add(1, Ordering::AcqRel);
         BulkRelease(&self.shared)
@@ -1027,6 +1028,30 @@ mod tests {
         let usage = spill.usage();
         assert!(usage.punched_bytes > 4 * 4096, "{usage:?}");
         assert_eq!(usage.allocated, before - usage.punched_bytes);
+    }
+
+    /// Where the file system refuses to punch holes (EOPNOTSUPP), nothing is
+    /// counted as freed that was not: dead blocks stay counted until their
+    /// file goes whole (compaction's job), and the budget still holds.
+    #[test]
+    fn without_holes_dead_blocks_stay_counted_until_the_file_goes() {
+        let (_tmp, spill) = dir_with(config(64 << 10, Some(80 << 10), None));
+        spill.shared.can_punch.store(false, Ordering::Relaxed);
+        let mut records = spill.write(&values(&[12 << 10; 5])).unwrap();
+        let before = spill.usage().allocated;
+        records.drain(1..4);
+        assert_eq!(spill.usage().allocated, before);
+        assert_eq!(spill.usage().punched_bytes, 0);
+        let more = spill.write(&values(&[12 << 10]));
+        assert!(
+            matches!(more, Err(Error::DiskLimit { .. })),
+            "{:?}",
+            more.err()
+        );
+        records.clear();
+        // The segment is still the writer's: retired when it empties.
+        assert_eq!(spill.usage().allocated, 0);
+        spill.write(&values(&[12 << 10])).unwrap();
     }
 
     #[test]
