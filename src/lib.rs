@@ -47,18 +47,28 @@
 //! memory), writes them with the lock released, then marks them on disk.
 //! Small values are appended as checksummed records to shared 16 MiB segment
 //! files; large ones get files of their own. A `get` of a spilled value
-//! checks the file's length and reads the record through the file's shared
-//! read-only mapping (no system call, no mapping per value). A value that
-//! becomes resident again is copied out of the mapping and the copy is
-//! verified against the checksum, so a resident value never depends on a
-//! file; it keeps its disk copy, so evicting it a second time needs no
+//! reads the record through the file's shared read-only mapping (one per
+//! file while it is in a small cache of open files, none per value). A
+//! value that becomes resident again is copied out of the mapping and the
+//! copy is verified against the checksum, so a resident value never depends
+//! on a file; it keeps its disk copy, so evicting it a second time needs no
 //! write. A value larger than its shard's share is written straight to disk
-//! and served as a verified slice of the mapping, without a copy. A file is
-//! deleted as soon as no value needs it. Replaced and removed values leave
-//! dead records behind; when the files hold more than twice the live data,
-//! the store's background thread runs a compaction pass that moves the live
-//! records out of segments that are at most half live, so those files go
-//! too. No caller's insert ever runs a pass.
+//! and served without promotion: as a verified slice of the mapping when it
+//! has a file of its own, as a verified copy otherwise. A file is deleted as
+//! soon as no value needs it.
+//!
+//! **Disk space.** Spill files start with a header naming them, so a new
+//! store deletes an earlier, crashed store's files (and nothing else), and
+//! are private (0600, a created dump dir 0700). The store counts the blocks
+//! its files occupy (what `du` counts), returns the blocks of removed and
+//! replaced records to the file system by punching holes, in batches, and
+//! never lets the total pass `max_disk_size`: a spill that would is refused
+//! with [`Error::DiskLimit`] once dead blocks are punched and the disk
+//! copies kept for cheap re-eviction are given up. Small records that share
+//! blocks with live ones are reclaimed by compaction: when the files hold
+//! more than twice the live data, the store's background thread runs a
+//! pass that moves the live records out of segments that are at most half
+//! live. No caller's insert ever runs a pass.
 //!
 //! # Guarantees
 //!
@@ -69,9 +79,12 @@
 //!   so until removed or replaced); it is never returned altered. Reads go
 //!   through the descriptor the store opened, so a file replaced on disk
 //!   (by another file, a directory or a symlink) still reads back in full.
-//! - Errors lose nothing: an insert that cannot spill (disk full) returns
-//!   [`Error::Io`], is not stored, and every earlier value stays readable;
-//!   accounting stays exact; no half-written file is left.
+//! - Errors lose nothing: an insert that cannot spill (disk full, or the
+//!   disk budget) returns [`Error::Io`] or [`Error::DiskLimit`], is not
+//!   stored, and every earlier value stays readable; accounting stays exact;
+//!   no half-written file is left. Removing values after a full disk lets
+//!   later inserts succeed.
+//! - The spill files never occupy more than `max_disk_size` on disk.
 //! - A `get` never fails only because bringing the value back into memory
 //!   would need a spill that cannot be written: the value is served anyway.
 //! - File names come from a counter, never from keys; an existing name is
