@@ -7,54 +7,9 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{data_files, value};
+use common::{data_files, value, Tmpfs};
 use spillstore::{Error, Location, SpillStore};
-
-/// A tmpfs of `size` bytes mounted on a fresh directory; unmounted on drop.
-///
-/// Tests holding one run one at a time: `mount` and `umount` are forked
-/// child processes, and a child briefly inherits the test process's open
-/// spill files, so space that another test just freed could still look used.
-struct Tmpfs {
-    path: PathBuf,
-    _parent: tempfile::TempDir,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
-static TMPFS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl Tmpfs {
-    /// Mounts one, or says why not and returns `None` when not root.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        if !common::is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs to fill the disk needs root (CI runs as root)");
-            return None;
-        }
-        let serial = TMPFS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-        let parent = tempfile::tempdir().unwrap();
-        let path = parent.path().join("mnt");
-        fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "root, but mount -t tmpfs failed");
-        Some(Tmpfs {
-            path,
-            _parent: parent,
-            _serial: serial,
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
 
 /// A store on `dump` with the given budget, segment size and shard count.
 fn store_in(
