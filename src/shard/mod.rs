@@ -255,9 +255,11 @@ where
     /// not spilled, and its bytes count as free.
     ///
     /// On a write error the victims stay in memory and the error is returned;
-    /// but the first time a write meets the disk budget, the disk copies that
-    /// resident values keep for cheap re-eviction are given up first, in
-    /// every shard (with this shard's lock released), and the write retried.
+    /// but the first time an insert's write meets the disk budget, the disk
+    /// copies that resident values keep for cheap re-eviction are given up
+    /// first, in every shard (with this shard's lock released), and the write
+    /// retried. A promotion (`replacing` is `None`) does not: it walks every
+    /// entry, and a value that cannot be promoted is served anyway.
     fn lock_with_room<Q>(
         &self,
         len: u64,
@@ -297,7 +299,8 @@ where
                     for victim in victims {
                         guard.abort_spill(victim);
                     }
-                    if matches!(err, Error::DiskLimit { .. }) && !reclaimed {
+                    let insert = replacing.is_some();
+                    if insert && matches!(err, Error::DiskLimit { .. }) && !reclaimed {
                         reclaimed = true;
                         if guard.unlocked(|| disk.reclaim()) {
                             continue;
