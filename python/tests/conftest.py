@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import pathlib
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 import pytest
 
@@ -57,3 +57,20 @@ def spill_files(dump_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(
         p for p in dump_dir.iterdir() if p.is_file() and not p.name.startswith('.')
     )
+
+
+async def post_chunked(client: Any, key: str, chunks: Iterable[bytes]) -> None:
+    """POSTs a blob to an endpoint test app's `/set` in chunks, as ProxyStore's
+    client does, and checks the answer. The caller chunks the blob with its
+    ProxyStore version's `chunk_bytes`."""
+    async with client.request(
+        '/set',
+        method='POST',
+        headers={'Content-Type': 'application/octet-stream'},
+        query_string={'key': key},
+    ) as connection:
+        for chunk in chunks:
+            await connection.send(chunk)
+        await connection.send_complete()
+    response = await connection.as_response()
+    assert response.status_code == 200

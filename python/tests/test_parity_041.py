@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import spillstore
-from conftest import needs_proxystore_041
+from conftest import needs_proxystore_041, post_chunked
 
 
 def files(storage: spillstore.EndpointStorage) -> set[str]:
@@ -203,18 +203,7 @@ def test_through_proxystore_041s_server_app(tmp_path: pathlib.Path, monkeypatch)
             client = test_app.test_client()
             blobs = {f'k{i}': os.urandom(2 * MAX_CHUNK_LENGTH + 10) for i in range(4)}
             for key, blob in blobs.items():
-                # Sent in chunks, as ProxyStore's client does.
-                async with client.request(
-                    '/set',
-                    method='POST',
-                    headers={'Content-Type': 'application/octet-stream'},
-                    query_string={'key': key},
-                ) as connection:
-                    for chunk in chunk_bytes(blob, MAX_CHUNK_LENGTH):
-                        await connection.send(chunk)
-                    await connection.send_complete()
-                response = await connection.as_response()
-                assert response.status_code == 200
+                await post_chunked(client, key, chunk_bytes(blob, MAX_CHUNK_LENGTH))
             assert endpoint._data.location('k0') == 'file'
             for key, blob in blobs.items():
                 response = await client.get('/get', query_string={'key': key})

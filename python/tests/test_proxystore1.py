@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 import spillstore
-from conftest import needs_proxystore_1
+from conftest import needs_proxystore_1, post_chunked
 from spillstore.proxystore import MAX_OBJECT_SIZE_DEFAULT, SpillStorage
 
 pytestmark = needs_proxystore_1
@@ -115,17 +115,7 @@ async def test_chunked_http_through_the_server_app(dump_dir: pathlib.Path) -> No
         async with app.test_app() as test_app:
             client = test_app.test_client()
             for key, blob in blobs.items():
-                async with client.request(
-                    '/set',
-                    method='POST',
-                    headers={'Content-Type': 'application/octet-stream'},
-                    query_string={'key': key},
-                ) as connection:
-                    for chunk in chunk_bytes(blob, MAX_CHUNK_LENGTH):
-                        await connection.send(chunk)
-                    await connection.send_complete()
-                response = await connection.as_response()
-                assert response.status_code == 200
+                await post_chunked(client, key, chunk_bytes(blob, MAX_CHUNK_LENGTH))
             assert storage.stats()['disk_entries'] >= 3  # 12 MB stored, 3 MB budget
             for key, blob in blobs.items():
                 response = await client.get('/exists', query_string={'key': key})
