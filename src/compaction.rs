@@ -5,9 +5,10 @@
 //! A pass runs when the spill files hold more than twice the live records'
 //! bytes ([`SpillDir::compaction_due`]), or when the caller asks for one
 //! (`SpillStore::compact`). It never runs on a caller's insert: inserts and
-//! removes that find it due only wake the store's [`Compactor`], a
-//! background thread (moka's housekeeper and foyer's reclaimer do the same),
-//! so no caller's latency depends on whose insert crossed the threshold.
+//! removes that find it due only wake the store's compactor, a background
+//! [`Worker`](crate::background::Worker) thread (moka's housekeeper and
+//! foyer's reclaimer do the same), so no caller's latency depends on whose
+//! insert crossed the threshold.
 //! Passes never overlap: each holds the store's pass lock from start to end.
 //!
 //! In each shard a pass drops the disk copies that resident values keep in
@@ -21,11 +22,8 @@
 //! full, or the disk budget) ends the pass, losing nothing, and no pass is
 //! due again until space has been freed (a remove, a replace, a hole).
 
-use std::hash::Hash;
-use std::thread::JoinHandle;
-
-use crossbeam::channel::{self, Sender};
 use crossbeam::utils::CachePadded;
+use std::hash::Hash;
 
 use crate::shard::Shard;
 use crate::spill::{Record, SpillDir};
@@ -90,50 +88,4 @@ fn compact_shard<K: Hash + Eq>(shard: &Shard<K>, spill: &SpillDir) -> (u64, bool
         moved += shard.install_moved(read.into_iter().zip(records));
     }
     (moved, false)
-}
-
-/// The background thread that runs compaction passes when woken.
-///
-/// Dropping it closes the wake-up channel and joins the thread, which ends
-/// after the pass it may be running.
-pub(crate) struct Compactor {
-    wake: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Compactor {
-    /// Starts the thread; each wake-up runs `pass` once (wake-ups that come
-    /// while a pass runs fold into one more pass).
-    pub(crate) fn spawn(pass: impl Fn() + Send + 'static) -> std::io::Result<Self> {
-        let (wake, woken) = channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("spillstore-compactor".into())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    pass();
-                }
-            })?;
-        Ok(Compactor {
-            wake: Some(wake),
-            thread: Some(thread),
-        })
-    }
-
-    /// Asks for a pass; never blocks.
-    pub(crate) fn wake(&self) {
-        if let Some(wake) = &self.wake {
-            // Full means a wake-up is pending already: nothing to add.
-            let _ = wake.try_send(());
-        }
-    }
-}
-
-impl Drop for Compactor {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(thread) = self.thread.take() {
-            // A panic in a pass was printed by the panic hook already.
-            let _ = thread.join();
-        }
-    }
 }

@@ -18,6 +18,11 @@ const MIN_SEGMENT_SIZE: u64 = 4096;
 /// Largest accepted segment size: records address segments with 32 bits.
 const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 
+/// The default [`Builder::clean_ahead`] is `max_size` divided by this...
+const DEFAULT_CLEAN_AHEAD_DIVISOR: u64 = 4;
+/// ...and at most this.
+const MAX_DEFAULT_CLEAN_AHEAD: u64 = 256 << 20;
+
 /// Configures and builds a [`SpillStore`].
 ///
 /// `max_size` and `dump_dir` go together: give both for a store that spills,
@@ -48,6 +53,7 @@ pub struct Builder<K = String> {
     exact_lru: bool,
     max_disk_size: Option<u64>,
     max_open_files: Option<usize>,
+    clean_ahead: Option<u64>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -62,6 +68,7 @@ impl<K> Default for Builder<K> {
             exact_lru: false,
             max_disk_size: None,
             max_open_files: None,
+            clean_ahead: None,
             _key: PhantomData,
         }
     }
@@ -81,6 +88,9 @@ pub(crate) struct Config {
     pub(crate) max_disk_size: Option<u64>,
     /// Spill files open at once; `None` for the default.
     pub(crate) max_open_files: Option<usize>,
+    /// Bytes of resident values near the LRU tails that the spiller keeps
+    /// disk copies of; 0 turns it off.
+    pub(crate) clean_ahead: u64,
 }
 
 impl<K> Builder<K> {
@@ -328,6 +338,66 @@ impl<K> Builder<K> {
         self
     }
 
+    /// How many bytes of resident values, nearest the LRU tails, the
+    /// background spiller keeps written to disk ahead of need; 0 turns it
+    /// off. The default is a quarter of `max_size`, at most 256 MiB; a value
+    /// above `max_size` counts as `max_size`. Needs
+    /// [`dump_dir`](Self::dump_dir) unless 0.
+    ///
+    /// Without it, an insert that needs room writes its victims on the
+    /// calling thread before it returns. With it, a thread of the store's
+    /// own (the spiller) writes disk copies of the values about to be
+    /// evicted while they are still in memory, the way an operating system
+    /// writes dirty pages back before it must reclaim them; the insert that
+    /// evicts them then drops them from memory without a write (a
+    /// "respill"), and writes only when the spiller has fallen behind.
+    ///
+    /// What is in memory and what on disk, and the order of eviction, are
+    /// the same either way; `memory_bytes <= max_size` holds at every
+    /// instant. What it costs: disk space for the copies of resident values
+    /// (within [`max_disk_size`](Self::max_disk_size): the spiller never
+    /// takes the last `clean_ahead` bytes of it), and writes for copies of
+    /// values that are then replaced or removed before they are evicted
+    /// ([`Stats::cleaned`](crate::Stats::cleaned) counts every copy). A
+    /// write error in the background is never lost silently: the value
+    /// simply has no copy, and the insert that evicts it writes it and
+    /// meets the error itself.
+    ///
+    /// Each shard cleans its own share (`clean_ahead / shards`). With the
+    /// CLOCK policy, values marked by a hit are skipped: they get a second
+    /// chance instead of being evicted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spillstore::{Location, SpillStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SpillStore::builder()
+    ///     .max_size(10_000)
+    ///     .dump_dir(dir.path())
+    ///     .shards(1)
+    ///     .clean_ahead(5_000)
+    ///     .build()?;
+    /// for i in 0..10 {
+    ///     store.insert(i.to_string(), vec![0u8; 1000])?;
+    /// }
+    /// store.quiesce(); // lets the spiller catch up, for a deterministic example
+    /// // The five least recently used values have copies on disk, so these
+    /// // inserts evict them without writing.
+    /// for i in 10..15 {
+    ///     store.insert(i.to_string(), vec![0u8; 1000])?;
+    /// }
+    /// let stats = store.stats();
+    /// assert_eq!((stats.cleaned, stats.spills, stats.respills), (5, 0, 5));
+    /// assert_eq!(store.location("0"), Some(Location::File));
+    /// # Ok::<(), spillstore::Error>(())
+    /// ```
+    pub fn clean_ahead(mut self, bytes: u64) -> Self {
+        self.clean_ahead = Some(bytes);
+        self
+    }
+
     /// Checks the settings without opening anything.
     pub(crate) fn validate(&self) -> Result<Config, Error> {
         let invalid = |msg: String| Err(Error::InvalidConfig(msg));
@@ -352,6 +422,9 @@ impl<K> Builder<K> {
                 return invalid("max_disk_size needs a dump_dir".into())
             }
             _ => {}
+        }
+        if self.clean_ahead.is_some_and(|b| b > 0) && self.dump_dir.is_none() {
+            return invalid("clean_ahead needs a dump_dir (or 0)".into());
         }
         if self.max_open_files == Some(0) {
             return invalid("max_open_files must be at least 1".into());
@@ -379,7 +452,16 @@ impl<K> Builder<K> {
             exact_lru: self.exact_lru,
             max_disk_size: self.max_disk_size,
             max_open_files: self.max_open_files,
+            clean_ahead: self.resolved_clean_ahead(),
         })
+    }
+
+    fn resolved_clean_ahead(&self) -> u64 {
+        let Some(max_size) = self.max_size else {
+            return 0;
+        };
+        let default = (max_size / DEFAULT_CLEAN_AHEAD_DIVISOR).min(MAX_DEFAULT_CLEAN_AHEAD);
+        self.clean_ahead.unwrap_or(default).min(max_size)
     }
 }
 

@@ -124,6 +124,7 @@
 //! | `sync` | the locks and atomics: parking_lot's and std's, or shuttle's for the model check |
 
 mod access;
+mod background;
 mod compaction;
 mod config;
 mod error;

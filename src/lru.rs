@@ -300,6 +300,14 @@ impl<T> LinkedSlab<T> {
         }
     }
 
+    /// Whether slot `id` carries a reference mark (through a shared
+    /// reference: what a reader sees may be a hit behind).
+    pub(crate) fn is_marked(&self, id: SlotId) -> bool {
+        self.slots
+            .get(id)
+            .is_some_and(|slot| slot.prev.load(Relaxed) & MARK != 0)
+    }
+
     /// Clears the reference mark of slot `id`; says whether it was set.
     pub(crate) fn take_mark(&mut self, id: SlotId) -> bool {
         self.slots.get_mut(id).is_some_and(Slot::take_mark)

@@ -75,13 +75,24 @@ pub struct Stats {
     pub reloads: u64,
     /// Value bytes served from spill files.
     pub reloaded_bytes: u64,
-    /// Values written to spill files.
+    /// Values written to spill files by the calling thread: evicted without
+    /// a disk copy (the spiller had not cleaned them yet, or cleaning ahead
+    /// is off), or larger than a shard's share and so stored on disk.
     pub spills: u64,
-    /// Value bytes written to spill files.
+    /// Value bytes of those `spills`.
     pub spilled_bytes: u64,
     /// Values moved out of memory without a write, because an intact copy
-    /// from an earlier spill was still on disk.
+    /// was on disk: kept from an earlier spill, or written ahead by the
+    /// spiller (`cleaned`).
     pub respills: u64,
+    /// Disk copies the background spiller wrote ahead of need for resident
+    /// values near the LRU tail (see
+    /// [`Builder::clean_ahead`](crate::Builder::clean_ahead)). A copy whose
+    /// value is then replaced or removed before it is evicted was written
+    /// for nothing.
+    pub cleaned: u64,
+    /// Value bytes of those `cleaned` copies.
+    pub cleaned_bytes: u64,
     /// Reads that found a spilled value corrupted.
     pub corruptions: u64,
     /// Compaction passes run: each moves the live records out of spill files
@@ -100,6 +111,8 @@ pub(crate) struct Counters {
     pub(crate) spills: AtomicU64,
     pub(crate) spilled_bytes: AtomicU64,
     pub(crate) respills: AtomicU64,
+    pub(crate) cleaned: AtomicU64,
+    pub(crate) cleaned_bytes: AtomicU64,
     pub(crate) corruptions: AtomicU64,
 }
 
@@ -118,6 +131,8 @@ impl Counters {
         stats.spills += get(&self.spills);
         stats.spilled_bytes += get(&self.spilled_bytes);
         stats.respills += get(&self.respills);
+        stats.cleaned += get(&self.cleaned);
+        stats.cleaned_bytes += get(&self.cleaned_bytes);
         stats.corruptions += get(&self.corruptions);
     }
 }

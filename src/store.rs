@@ -8,10 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 
-use crate::compaction::{self, Compactor};
+use crate::background::Worker;
+use crate::compaction;
 use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
-use crate::shard::{Disk, Shard};
+use crate::shard::{Disk, Frontier, Shard};
 use crate::spill::SpillDir;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -71,7 +72,10 @@ pub struct SpillStore<K: Send + Sync = String> {
     shared: Arc<Shared<K>>,
     /// Runs compaction passes off the callers' path; `None` without a dump
     /// dir, and under shuttle (whose model checks run passes inline).
-    compactor: Option<Compactor>,
+    compactor: Option<Worker>,
+    /// Writes copies ahead of need and punches holes off the callers' path
+    /// (see [`Shared::run_spiller`]); `None` when the compactor is.
+    spiller: Option<Worker>,
     hasher: ahash::RandomState,
     max_size: Option<u64>,
     max_object_size: Option<u64>,
@@ -89,6 +93,11 @@ struct Shared<K> {
     /// Wake-up requests so far, made by inserts and removes that found a
     /// pass due.
     requested: AtomicU64,
+    /// Where the spiller stands in each shard; held through each of its
+    /// runs, so runs never overlap.
+    frontiers: Mutex<Vec<Frontier>>,
+    /// `clean_ahead`: also the disk budget the spiller leaves untouched.
+    clean_ahead: u64,
 }
 
 impl<K: Hash + Eq + Send + Sync> Shared<K> {
@@ -102,6 +111,39 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
             *served = self.requested.load(Ordering::Acquire);
         }
         compaction::run_pass(&self.shards, spill, force, parallel);
+    }
+
+    /// The spiller's run: punches the batches of dead blocks gathered, then
+    /// cleans the shards that asked for it, or with `full` every shard,
+    /// walking its whole window from the tail. A write error ends the run:
+    /// the values stay without copies, and the inserts that evict them write
+    /// them, meeting the error themselves if it lasts. Says whether one
+    /// ended it.
+    fn run_spiller(&self, full: bool) -> bool {
+        let Some(spill) = &self.spill else {
+            return false;
+        };
+        let mut frontiers = self.frontiers.lock();
+        spill.punch_due();
+        for (shard, frontier) in self.shards.iter().zip(frontiers.iter_mut()) {
+            let requested = shard.take_clean_request();
+            if full {
+                frontier.restart();
+            }
+            if (requested || full) && shard.clean(frontier, spill, self.clean_ahead).is_err() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The spiller thread's run: after a write error, it waits a little
+    /// before it takes the next wake-up, so that a full disk does not turn
+    /// every insert's wake-up into a failing write.
+    fn run_spiller_pausing(&self) {
+        if self.run_spiller(false) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// The background thread's pass: serves the requests made so far,
@@ -216,7 +258,8 @@ where
                 let budget = config
                     .max_size
                     .map_or(u64::MAX, |max| max / n + u64::from(i < max % n));
-                CachePadded::new(Shard::new(budget, hasher.clone(), config.exact_lru))
+                let window = config.clean_ahead / n + u64::from(i < config.clean_ahead % n);
+                CachePadded::new(Shard::new(budget, window, hasher.clone(), config.exact_lru))
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -224,21 +267,28 @@ where
             spill,
             passes: Mutex::new(0),
             requested: AtomicU64::new(0),
+            frontiers: Mutex::new((0..n).map(|_| Frontier::default()).collect()),
+            clean_ahead: config.clean_ahead,
         });
-        let compactor = match &shared.spill {
+        let (compactor, spiller) = match &shared.spill {
             Some(spill) if !cfg!(shuttle) => {
-                let path = spill.path().to_path_buf();
-                let shared = Arc::clone(&shared);
-                let pass = move || shared.compact_requested();
-                let compactor = Compactor::spawn(pass)
-                    .map_err(|e| Error::io("starting the compaction thread for", path, e))?;
-                Some(compactor)
+                let path = spill.path();
+                let spawn = |name: &str, job: fn(&Shared<K>)| {
+                    let shared = Arc::clone(&shared);
+                    Worker::spawn(name, move || job(&shared))
+                        .map_err(|e| Error::io("starting a background thread for", path, e))
+                };
+                let compactor = spawn("spillstore-compactor", Shared::compact_requested)?;
+                let spiller = spawn("spillstore-spiller", Shared::run_spiller_pausing)?;
+                spill.punch_in_background(spiller.waker().clone());
+                (Some(compactor), Some(spiller))
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(SpillStore {
             shared,
             compactor,
+            spiller,
             hasher,
             max_size: config.max_size,
             max_object_size: config.max_object_size,
@@ -258,7 +308,12 @@ where
 
     fn disk(&self) -> Option<Disk<'_, K>> {
         let shards = &self.shared.shards;
-        self.spill().map(|dir| Disk { dir, shards })
+        let spiller = self.spiller.as_ref().map(Worker::waker);
+        self.spill().map(|dir| Disk {
+            dir,
+            shards,
+            spiller,
+        })
     }
 
     /// Stores `value` under `key`, replacing any previous value (whose memory
@@ -367,12 +422,14 @@ where
         self.shared.compact(true, true, false);
     }
 
-    /// Waits until no background work is in progress: a compaction pass
-    /// running on the store's background thread ends first, and one that is
-    /// due is run on the calling thread, which serves every wake-up the
-    /// background thread was sent so far. Afterwards [`stats`](Self::stats)
-    /// and the dump directory reflect every call that returned before, until
-    /// the next insert or remove wakes the background thread again.
+    /// Waits until no background work is in progress, and does what is
+    /// pending on the calling thread: a run of the spiller (copies written
+    /// ahead, holes punched) and a compaction pass in progress end first,
+    /// then the spiller's pending work (every shard's clean window walked
+    /// in full) and a compaction pass that is due run here, serving every wake-up the background threads were sent so
+    /// far. Afterwards [`stats`](Self::stats) and the dump directory reflect
+    /// every call that returned before, until the next insert or remove
+    /// wakes a background thread again.
     ///
     /// Meant for tests and measurements that compare the dump directory
     /// with the stored data; the store never needs it.
@@ -396,7 +453,13 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn quiesce(&self) {
+        self.shared.run_spiller(true);
         self.shared.compact(false, false, true);
+        // What the pass freed is punched now, not by the spiller later.
+        if let Some(spill) = self.spill() {
+            let _run = self.shared.frontiers.lock();
+            spill.punch_due();
+        }
     }
 
     /// The value of `key`, or `None` if absent.
@@ -627,6 +690,7 @@ where
     pub fn cleanup(mut self) -> Result<(), Error> {
         // The compaction thread ends first: it holds the other reference.
         drop(self.compactor.take());
+        drop(self.spiller.take());
         self.clear()?;
         let spill = Arc::get_mut(&mut self.shared).and_then(|shared| shared.spill.take());
         let Some(spill) = spill else {
@@ -741,6 +805,7 @@ impl<K: Send + Sync> Drop for SpillStore<K> {
     /// stays.
     fn drop(&mut self) {
         drop(self.compactor.take());
+        drop(self.spiller.take());
         let _bulk = self.shared.spill.as_ref().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);
     }

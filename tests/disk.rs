@@ -397,6 +397,7 @@ fn spill_files_of_a_killed_process_are_removed_by_the_next_store() {
                 let len = if k % 50 == 0 { 100_000 } else { 2000 };
                 store.insert(k, value(u64::from(k), len)).unwrap();
             }
+            store.quiesce(); // no background write after the count
             println!("ready {}", store.stats().spill_files);
             std::thread::sleep(std::time::Duration::from_secs(120));
             panic!("was not killed");

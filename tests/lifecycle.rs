@@ -166,7 +166,14 @@ fn large_values_get_their_own_files() {
 #[test]
 fn a_promoted_value_is_evicted_again_without_a_write() {
     let dir = tempfile::tempdir().unwrap();
-    let s = store(dir.path(), 30, 1);
+    // Counts the writes evictions make: no spiller writing copies ahead.
+    let s = SpillStore::builder()
+        .max_size(30)
+        .dump_dir(dir.path().join("dump"))
+        .shards(1)
+        .clean_ahead(0)
+        .build()
+        .unwrap();
     for i in 0..4u64 {
         s.insert(i.to_string(), value(i, 10)).unwrap();
     }

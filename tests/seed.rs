@@ -188,8 +188,16 @@ fn a_hit_protects_a_value_from_eviction() {
 #[test]
 fn replacing_frees_old_memory_and_file() {
     let dir = tempfile::tempdir().unwrap();
-    // Exact LRU: after the hit below, ten inserts must push "k" out.
-    let s = exact_store(dir.path(), 100);
+    // Exact LRU: after the hit below, ten inserts must push "k" out. No
+    // copies written ahead: the dump dir must end up empty with "k" resident.
+    let s = SpillStore::builder()
+        .max_size(100)
+        .dump_dir(dir.path().join("dump"))
+        .shards(1)
+        .exact_lru(true)
+        .clean_ahead(0)
+        .build()
+        .unwrap();
     s.insert("k".into(), value(1, 40)).unwrap();
     s.insert("k".into(), value(2, 40)).unwrap();
     assert_eq!(s.stats().memory_bytes, 40);

@@ -11,6 +11,7 @@
 //! drive: the states, the one method per transition, the accounting and the
 //! write guard that frees everything taken out after the lock is released.
 
+mod clean;
 mod state;
 
 use std::borrow::Borrow;
@@ -21,22 +22,27 @@ use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 
 use crate::access::AccessLog;
+use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
 use crate::spill::{Record, SpillDir};
 use crate::stats::{bump, Counters, Stats};
+use crate::sync::atomic::AtomicBool;
 use crate::sync::{yield_now, RwLock};
 use crate::Location;
 
+pub(crate) use clean::Frontier;
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
 
-/// The dump dir as a shard's operations see it: where to spill, and the
-/// other shards, whose disk copies a spill that meets the disk budget may
-/// give up.
+/// The dump dir as a shard's operations see it: where to spill, the other
+/// shards, whose disk copies a spill that meets the disk budget may give
+/// up, and the spiller to wake when a shard nears its budget (`None` when
+/// cleaning ahead is off, or under shuttle, whose tests run it by hand).
 pub(crate) struct Disk<'a, K> {
     pub(crate) dir: &'a SpillDir,
     pub(crate) shards: &'a [CachePadded<Shard<K>>],
+    pub(crate) spiller: Option<&'a Waker>,
 }
 
 impl<K> Clone for Disk<'_, K> {
@@ -69,6 +75,12 @@ pub(crate) struct Shard<K> {
     exact_lru: bool,
     /// This shard's share of `max_size`; `u64::MAX` when unbounded.
     budget: u64,
+    /// This shard's share of `clean_ahead`: the bytes at the LRU tail that
+    /// the spiller keeps written (see [`clean`]); 0 when off.
+    window: u64,
+    /// Set when the shard asks the spiller for a run, cleared when it
+    /// starts one.
+    clean_requested: AtomicBool,
     hasher: ahash::RandomState,
     counters: Counters,
 }
@@ -77,12 +89,19 @@ impl<K> Shard<K>
 where
     K: Hash + Eq,
 {
-    pub(crate) fn new(budget: u64, hasher: ahash::RandomState, exact_lru: bool) -> Self {
+    pub(crate) fn new(
+        budget: u64,
+        window: u64,
+        hasher: ahash::RandomState,
+        exact_lru: bool,
+    ) -> Self {
         Shard {
             state: RwLock::new(State::new()),
             accesses: AccessLog::new(),
             exact_lru,
             budget,
+            window,
+            clean_requested: AtomicBool::new(false),
             hasher,
             counters: Counters::default(),
         }
@@ -275,6 +294,12 @@ where
         loop {
             let (over, keep) = guard.overflow(len, replacing);
             if over == 0 {
+                let memory = guard.state().counts.memory_bytes.saturating_add(len);
+                if self.request_cleaning(memory) {
+                    if let Some(spiller) = disk.and_then(|d| d.spiller) {
+                        spiller.wake();
+                    }
+                }
                 return Ok(guard);
             }
             let disk = disk.expect("a bounded shard always has a dump dir");
@@ -459,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spill = spill_dir(&dir);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
-        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
+        let shard: Shard<u32> = Shard::new(100, 0, ahash::RandomState::new(), false);
         let _guard = shard.write();
         drop(record);
     }
@@ -470,7 +495,7 @@ mod tests {
     fn the_guard_frees_after_unlocking() {
         let dir = tempfile::tempdir().unwrap();
         let spill = spill_dir(&dir);
-        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
+        let shard: Shard<u32> = Shard::new(100, 0, ahash::RandomState::new(), false);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
         let mut guard = shard.write();
         guard.store(1, 1, Payload::Disk(record.unwrap()));

@@ -22,12 +22,15 @@
 //! | abort spill    | `abort_spill`   | spilling -> memory (tail)  |                  |
 //! | respill        | `respill`       | memory (copy) -> disk      | `respills`       |
 //! | promote        | `promote`       | disk -> memory (copy kept) |                  |
+//! | clean          | `clean`         | memory -> memory (copy)    | `cleaned`        |
 //! | drop copy      | `drop_copy`     | memory (copy) -> memory    | (compaction)     |
 //! | move record    | `move_record`   | disk -> disk (new record)  | (compaction)     |
 //! | clear          | `clear`         | all -> absent              |                  |
 //!
 //! A resident value may keep its disk copy after a reload: values are
-//! immutable, so evicting it again needs no write ("respill").
+//! immutable, so evicting it again needs no write ("respill"). The spiller
+//! gives values near the LRU tail such a copy ahead of need ("clean"), so
+//! that the insert that evicts them writes nothing either.
 //!
 //! A spill or reload in flight knows its entry again by identity, not by an
 //! id stored per entry: a victim by the address of its bytes (the writer
@@ -132,6 +135,18 @@ pub(super) struct State<K> {
     pub(super) index: HashTable<SlotId>,
     pub(super) slab: LinkedSlab<Entry<K>>,
     pub(super) counts: Counts,
+    /// What eviction took from the LRU tail so far, for the spiller to know
+    /// how far its clean window moved (see `shard::clean`).
+    pub(super) evictions: Evictions,
+}
+
+/// Running totals of evictions in one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Evictions {
+    /// Value bytes evicted, with or without a write.
+    pub(super) bytes: u64,
+    /// Evictions that had to write (the value had no disk copy).
+    pub(super) writes: u64,
 }
 
 /// The per-state counters of a shard (see the table at the top).
@@ -147,11 +162,19 @@ pub(super) struct Counts {
     pub(super) memory_entries: usize,
 }
 
-/// A value chosen for eviction and being written out: its slot, and a clone
-/// of its bytes that both feeds the write and identifies it afterwards.
+/// A value chosen for eviction and being written out (or chosen by the
+/// spiller to get a copy ahead of need): its slot, and a clone of its bytes
+/// that both feeds the write and identifies it afterwards.
 pub(super) struct Victim {
-    slot: SlotId,
+    pub(super) slot: SlotId,
     pub(super) value: Bytes,
+}
+
+impl Victim {
+    /// Whether `value` is the very value this victim was taken from.
+    pub(super) fn is(&self, value: &Bytes) -> bool {
+        value.as_ptr() == self.value.as_ptr() && value.len() == self.value.len()
+    }
 }
 
 /// A value on disk that compaction may move: read it with `reader`, write it
@@ -296,11 +319,16 @@ impl<'a, K> WriteGuard<'a, K> {
                 }
                 continue;
             }
-            let payload = &self.state().entry(slot).payload;
-            to_free = to_free.saturating_sub(payload.len());
-            if matches!(payload, Payload::Resident { copy: Some(_), .. }) {
+            let state = self.state();
+            let payload = &state.entry(slot).payload;
+            let len = payload.len();
+            let has_copy = matches!(payload, Payload::Resident { copy: Some(_), .. });
+            to_free = to_free.saturating_sub(len);
+            state.evictions.bytes += len;
+            if has_copy {
                 self.respill(slot);
             } else {
+                state.evictions.writes += 1;
                 victims.push(self.begin_spill(slot));
             }
         }
@@ -397,6 +425,28 @@ impl<'a, K> WriteGuard<'a, K> {
             .counts
             .recount(bytes.len() as u64, Place::Disk, Place::Memory);
         state.slab.push_front(slot);
+    }
+
+    /// memory (no copy) -> memory (copy): `record` is a copy of the
+    /// victim's value written ahead of need, kept if the entry still holds
+    /// that value in memory without a copy (not removed, replaced, evicted
+    /// or being spilled meanwhile); otherwise it is dropped. Says which.
+    pub(super) fn clean(&mut self, victim: Victim, record: Record) -> bool {
+        let (state, garbage, counters) = self.parts();
+        if state.place(victim.slot) == Place::Memory {
+            if let Payload::Resident { value, copy } = &mut state.entry_mut(victim.slot).payload {
+                if copy.is_none() && victim.is(value) {
+                    *copy = Some(record);
+                    bump(&counters.cleaned, 1);
+                    bump(&counters.cleaned_bytes, victim.value.len() as u64);
+                    return true;
+                }
+            }
+        }
+        garbage.take_record(record);
+        // Maybe the last reference, if the entry went meanwhile.
+        garbage.take_value(victim.value);
+        false
     }
 
     /// memory (copy) -> memory (no copy), for copies `doomed` selects;
@@ -540,6 +590,7 @@ impl<K> State<K> {
             index: HashTable::new(),
             slab: LinkedSlab::default(),
             counts: Counts::default(),
+            evictions: Evictions::default(),
         }
     }
 
@@ -578,9 +629,7 @@ impl<K> State<K> {
     fn is_spilling(&self, victim: &Victim) -> bool {
         self.place(victim.slot) == Place::Spilling
             && match &self.entry(victim.slot).payload {
-                Payload::Resident { value, .. } => {
-                    value.as_ptr() == victim.value.as_ptr() && value.len() == victim.value.len()
-                }
+                Payload::Resident { value, .. } => victim.is(value),
                 Payload::Disk(_) => false,
             }
     }

@@ -50,7 +50,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Mutex;
@@ -61,6 +61,7 @@ use record::{FILE_HEADER_LEN, HEADER_LEN};
 use segment::Segment;
 pub(crate) use segment::{Record, RecordReader};
 
+use crate::background::Waker;
 use crate::config::Config;
 use crate::error::Error;
 
@@ -105,6 +106,12 @@ pub(crate) struct DirShared {
     bulk_releases: AtomicUsize,
     /// Segments with dead blocks not punched yet.
     dead: Mutex<Vec<Weak<Segment>>>,
+    /// Segments with a whole batch of dead blocks gathered, waiting for the
+    /// store's background thread to punch them (see `dead_blocks`).
+    due: Mutex<Vec<Weak<Segment>>>,
+    /// Wakes the thread that punches `due` segments; unset, the thread that
+    /// drops the last hold on a batch punches it.
+    puncher: OnceLock<Waker>,
     /// Dead bytes a segment gathers before they are punched in one batch.
     punch_batch: u64,
     punched_bytes: AtomicU64,
@@ -245,6 +252,8 @@ impl SpillDir {
                 can_punch: AtomicBool::new(true),
                 bulk_releases: AtomicUsize::new(0),
                 dead: Mutex::new(Vec::new()),
+                due: Mutex::new(Vec::new()),
+                puncher: OnceLock::new(),
                 punch_batch: (config.segment_size / 16).max(block),
                 punched_bytes: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
@@ -353,6 +362,20 @@ impl SpillDir {
             .sum()
     }
 
+    /// From now on, a batch of dead blocks gathered by dropping records is
+    /// not punched by the thread that dropped them: `puncher` is woken to
+    /// call [`punch_due`](Self::punch_due) instead. Set once, before the
+    /// store is shared.
+    pub(crate) fn punch_in_background(&self, puncher: Waker) {
+        let _ = self.shared.puncher.set(puncher);
+    }
+
+    /// Punches the batches of dead blocks gathered since the last call: the
+    /// background thread's half of [`punch_in_background`](Self::punch_in_background).
+    pub(crate) fn punch_due(&self) {
+        self.shared.punch_due();
+    }
+
     /// Suspends hole punching while the returned guard lives; see
     /// [`BulkRelease`]. The store's `clear` and drop hold it: the files they
     /// empty are deleted whole, so punching them first would be wasted work.
@@ -372,7 +395,22 @@ impl SpillDir {
     /// reserved for the batch is released and a file created for it alone is
     /// deleted.
     pub(crate) fn write(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
-        let records = self.reserve(values)?;
+        self.write_leaving(values, 0)
+    }
+
+    /// Like [`write`](Self::write), for copies written ahead of need: it
+    /// refuses with `DiskLimit` rather than take the last `headroom` bytes
+    /// of `max_disk_size`, which stay for the writes that cannot wait.
+    pub(crate) fn write_ahead(
+        &self,
+        values: &[Bytes],
+        headroom: u64,
+    ) -> Result<Vec<Record>, Error> {
+        self.write_leaving(values, headroom)
+    }
+
+    fn write_leaving(&self, values: &[Bytes], headroom: u64) -> Result<Vec<Record>, Error> {
+        let records = self.reserve(values, headroom)?;
         let mut batch: Vec<u8> = Vec::new();
         let mut batch_start: Option<(&Arc<Segment>, u64)> = None;
         let flush = |batch: &mut Vec<u8>, start: Option<(&Arc<Segment>, u64)>| {
@@ -455,18 +493,18 @@ impl SpillDir {
     /// stays exact, and the space is taken from the budget in one step; then
     /// the records are placed, and what they added to the files' footprints
     /// adds up to the price.
-    fn reserve(&self, values: &[Bytes]) -> Result<Vec<Record>, Error> {
+    fn reserve(&self, values: &[Bytes], headroom: u64) -> Result<Vec<Record>, Error> {
         let shared = &self.shared;
         let lens: Vec<u64> = values.iter().map(|v| HEADER_LEN + v.len() as u64).collect();
         let is_large = |len: u64| len > shared.segment_size / 4;
         let mut records: Vec<Option<Record>> = values.iter().map(|_| None).collect();
         let mut writer = shared.writer.lock();
         let price = self.price(&writer, &lens);
-        if shared.take_space(price).is_err() {
+        if shared.take_space(price, headroom).is_err() {
             // Dead blocks not punched yet count as occupied: punch them all
             // before refusing.
             shared.punch_all_dead_blocks();
-            shared.take_space(price)?;
+            shared.take_space(price, headroom)?;
         }
         let mut placed = 0;
         let mut place_small = || -> Result<(), Error> {
@@ -537,9 +575,9 @@ impl DirShared {
         }
     }
 
-    /// Takes `bytes` from the disk budget, or refuses with `DiskLimit`
-    /// taking nothing.
-    fn take_space(&self, bytes: u64) -> Result<(), Error> {
+    /// Takes `bytes` from the disk budget, leaving at least `headroom` of
+    /// it, or refuses with `DiskLimit` taking nothing.
+    fn take_space(&self, bytes: u64, headroom: u64) -> Result<(), Error> {
         let Some(limit) = self.limit else {
             self.allocated.fetch_add(bytes, Ordering::AcqRel);
             return Ok(());
@@ -547,7 +585,7 @@ impl DirShared {
         let mut current = self.allocated.load(Ordering::Acquire);
         loop {
             let total = current.saturating_add(bytes);
-            if total > limit {
+            if total.saturating_add(headroom) > limit {
                 return Err(Error::DiskLimit {
                     needed: bytes,
                     available: limit.saturating_sub(current),
@@ -575,12 +613,23 @@ impl DirShared {
     /// once when a write would go past the disk budget or meets a full disk,
     /// and when a compaction pass starts. So dead space waits at most one
     /// batch per segment before it returns, and never when it is needed.
+    ///
+    /// A store with a background thread ([`SpillDir::punch_in_background`])
+    /// has that thread punch the batch, since punching (and dropping the
+    /// segment's mapping) takes tens to hundreds of microseconds that the
+    /// caller whose remove or replace freed the last block should not wait.
     fn dead_blocks(&self, segment: &Arc<Segment>, pending: u64) {
         // Listed even when punched now: a punch already under way may miss
         // blocks that died meanwhile.
         self.list(segment);
         if pending >= self.punch_batch && self.bulk_releases.load(Ordering::Acquire) == 0 {
-            segment.punch_dead_blocks(self);
+            match self.puncher.get() {
+                Some(puncher) => {
+                    self.due.lock().push(Arc::downgrade(segment));
+                    puncher.wake();
+                }
+                None => segment.punch_dead_blocks(self),
+            }
         }
     }
 
@@ -592,6 +641,16 @@ impl DirShared {
                 dead.retain(|s| s.strong_count() > 0);
             }
             dead.push(Arc::downgrade(segment));
+        }
+    }
+
+    /// Punches the segments that gathered a batch of dead blocks.
+    fn punch_due(&self) {
+        let mut due = std::mem::take(&mut *self.due.lock());
+        due.sort_by_key(Weak::as_ptr);
+        due.dedup_by(|a, b| Weak::ptr_eq(a, b));
+        for segment in due.iter().filter_map(Weak::upgrade) {
+            segment.punch_dead_blocks(self);
         }
     }
 

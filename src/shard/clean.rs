@@ -1,0 +1,182 @@
+//! Cleaning ahead: the spiller's work in one shard.
+//!
+//! The spiller gives the resident values nearest the LRU tail a disk copy
+//! before an insert needs their room (the `clean` transition), so that the
+//! insert evicts them without a write. It keeps the shard's *clean window*,
+//! the last `window` bytes of the LRU list, written: the values there that
+//! have no copy yet are cloned under the read lock, written with no lock
+//! held, and given their copies under the write lock, if they are still
+//! resident without one. Nothing moves in the list and nothing changes
+//! state, so what is in memory and in what order is the same as without it.
+//!
+//! With CLOCK, values marked by a hit are skipped (and not counted in the
+//! window): the hand will give them a second chance rather than evict them.
+//!
+//! **Walking without rewalking.** A walk from the tail over the whole window
+//! each time would cost the spiller O(window entries) per eviction. It keeps
+//! instead a [`Frontier`] per shard: the last entry it reached, and how many
+//! window bytes lay behind it. The shard's running total of evicted bytes
+//! says how far the tail has moved towards the frontier since; the walk
+//! resumes there and covers only the difference. Removes and replaces in
+//! the window, and hits that move entries, make the count a guess; the
+//! first eviction that has to write (a sign the guess was wrong) or a
+//! frontier entry that is no longer where it was sends the next walk back
+//! to the tail. Each read-lock hold visits at most [`STEPS_PER_LOCK`]
+//! entries, so writers never wait long behind the walk.
+
+use std::hash::Hash;
+
+use bytes::Bytes;
+
+use super::state::{Evictions, Payload, State, Victim};
+use super::Shard;
+use crate::error::Error;
+use crate::lru::SlotId;
+use crate::spill::SpillDir;
+use crate::sync::atomic::Ordering;
+
+/// Entries visited per hold of the read lock.
+const STEPS_PER_LOCK: usize = 64;
+
+/// Value bytes written per batch (one write call, then one write-lock
+/// hold to hand out the copies).
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// Where the spiller's walk of one shard stands between runs.
+#[derive(Debug, Default)]
+pub(crate) struct Frontier {
+    /// The last entry visited, by slot and value identity (the address and
+    /// length of its bytes); `None` to start at the tail.
+    at: Option<(SlotId, usize, usize)>,
+    /// Window bytes from the tail up to and including `at`, as counted when
+    /// it was visited, less what has been evicted since.
+    behind: u64,
+    /// The shard's eviction totals when `behind` was last brought up to date.
+    seen: Evictions,
+}
+
+impl Frontier {
+    /// Forgets the walk: the next one starts at the tail.
+    pub(crate) fn restart(&mut self) {
+        self.at = None;
+        self.behind = 0;
+    }
+
+    /// Brings the count up to date with the evictions since the last walk.
+    fn catch_up(&mut self, now: Evictions) {
+        if now.writes != self.seen.writes {
+            // An eviction had to write: the window was not as clean as
+            // counted. Recount from the tail.
+            self.restart();
+        } else {
+            self.behind = self.behind.saturating_sub(now.bytes - self.seen.bytes);
+        }
+        self.seen = now;
+    }
+
+    /// Where the walk goes on: `Some(next)` (`None` inside meaning past the
+    /// head), or `None` if the frontier entry moved or went.
+    fn resume<K>(&self, state: &State<K>) -> Option<Option<SlotId>> {
+        let Some((slot, addr, len)) = self.at else {
+            return Some(state.slab.back());
+        };
+        let entry = state.slab.get(slot)?;
+        let Payload::Resident { value, .. } = &entry.payload else {
+            return None;
+        };
+        let same = value.as_ptr() as usize == addr && value.len() == len;
+        (same && state.slab.is_linked(slot)).then(|| state.slab.prev_of(slot))
+    }
+}
+
+impl<K: Hash + Eq> Shard<K> {
+    /// Whether the spiller was asked to clean this shard since it last
+    /// looked; clears the request.
+    pub(crate) fn take_clean_request(&self) -> bool {
+        self.clean_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the spiller to clean this shard, if cleaning is on and the
+    /// shard is within its window of the budget with `more` bytes added.
+    /// Says whether the spiller needs waking (it was not asked already).
+    pub(super) fn request_cleaning(&self, memory_bytes: u64) -> bool {
+        self.window > 0
+            && memory_bytes.saturating_add(self.window) > self.budget
+            && !self.clean_requested.load(Ordering::Relaxed)
+            && !self.clean_requested.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes copies of the values in the clean window that lack one. A
+    /// write error ends the run and is returned (the values stay without
+    /// copies; the insert that evicts them will write them itself); so is
+    /// `DiskLimit` when the write would leave less than `headroom` of the
+    /// disk budget.
+    pub(crate) fn clean(
+        &self,
+        frontier: &mut Frontier,
+        dir: &SpillDir,
+        headroom: u64,
+    ) -> Result<(), Error> {
+        loop {
+            let batch = self.dirty_in_window(frontier);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let values: Vec<Bytes> = batch.iter().map(|v| v.value.clone()).collect();
+            let records = dir.write_ahead(&values, headroom).inspect_err(|_| {
+                // Those values were counted as clean: count again next time.
+                frontier.restart();
+            })?;
+            drop(values);
+            let mut guard = self.write();
+            for (victim, record) in batch.into_iter().zip(records) {
+                guard.clean(victim, record);
+            }
+        }
+    }
+
+    /// Walks the window on from the frontier, a few entries per read-lock
+    /// hold, and returns up to a batch of values without a disk copy.
+    fn dirty_in_window(&self, frontier: &mut Frontier) -> Vec<Victim> {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        loop {
+            let state = self.state.read();
+            frontier.catch_up(state.evictions);
+            if frontier.behind >= self.window {
+                return batch;
+            }
+            let mut cursor = match frontier.resume(&state) {
+                Some(cursor) => cursor,
+                None => {
+                    frontier.restart();
+                    state.slab.back()
+                }
+            };
+            for _ in 0..STEPS_PER_LOCK {
+                let Some(slot) = cursor else {
+                    return batch; // past the head: all of the list is behind
+                };
+                cursor = state.slab.prev_of(slot);
+                let Payload::Resident { value, copy } = &state.entry(slot).payload else {
+                    unreachable!("linked entries are resident")
+                };
+                frontier.at = Some((slot, value.as_ptr() as usize, value.len()));
+                if !self.exact_lru && state.slab.is_marked(slot) {
+                    continue; // a second chance is coming, not an eviction
+                }
+                frontier.behind += value.len() as u64;
+                if copy.is_none() {
+                    batch_bytes += value.len() as u64;
+                    batch.push(Victim {
+                        slot,
+                        value: value.clone(),
+                    });
+                }
+                if frontier.behind >= self.window || batch_bytes >= BATCH_BYTES {
+                    return batch;
+                }
+            }
+        }
+    }
+}
