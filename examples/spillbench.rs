@@ -56,8 +56,10 @@
 //!   Ops/s includes the benchmark's own work (value generation and
 //!   verification), latencies do not.
 //! * **store** rows: the change of the store's own counters over each phase:
-//!   blobs spilled (and MB/s written), respills (evictions that reused a copy
-//!   already on disk and wrote nothing), reloads (and MB/s read back), memory
+//!   blobs spilled by the inserting threads (and MB/s written), copies the
+//!   background spiller wrote ahead of need (`cleaned`, and MB/s; see
+//!   `--clean-ahead`), respills (evictions that reused a copy already on
+//!   disk and wrote nothing), reloads (and MB/s read back), memory
 //!   hits and misses. Misses must be 0; hits and reloads should match the
 //!   phase row's get split.
 //! * **latency** rows: p50/p99/p99.9/max of the store call alone, from
@@ -78,8 +80,8 @@
 //!   for cheap re-eviction, headers included): the peak, the worst ratio,
 //!   and how many samples were above 1.25 x live + 16 MiB, over the run and
 //!   over the mixed phase alone.
-//! * **write amp**: bytes written to spill files (spills and compaction)
-//!   per byte inserted, per phase.
+//! * **write amp**: bytes written to spill files (spills, copies cleaned
+//!   ahead and compaction) per byte inserted, per phase.
 //!
 //! `--json` prints the same data as one JSON object instead (sizes in bytes,
 //! latencies in nanoseconds). `--dump-dir` puts the spill files in a given
@@ -194,6 +196,17 @@ struct Args {
     /// the library's].
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     max_open_files: Option<usize>,
+
+    /// Bytes of resident values near the LRU tails that the background
+    /// spiller keeps written ahead of need (Builder::clean_ahead) [default:
+    /// the library's, a quarter of --max-size up to 256 MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "no_clean_ahead")]
+    clean_ahead: Option<u64>,
+
+    /// No copies written ahead (Builder::clean_ahead(0)): inserts that need
+    /// room write their victims themselves.
+    #[arg(long)]
+    no_clean_ahead: bool,
 
     /// Seed for key popularity and the worker threads' random choices.
     #[arg(long, value_name = "N", default_value_t = 0x5eed)]
@@ -749,6 +762,11 @@ fn params(args: &Args, dump_dir: String, temporary_dir: bool) -> Result<Params, 
         shards: args.shards,
         max_object_size: args.max_object_size,
         max_open_files: args.max_open_files,
+        clean_ahead: if args.no_clean_ahead {
+            Some(0)
+        } else {
+            args.clean_ahead
+        },
         dump_dir,
         temporary_dir,
         verify_full: args.verify_full,
@@ -790,6 +808,9 @@ fn run(args: &Args) -> Result<Report, Failure> {
     }
     if let Some(files) = params.max_open_files {
         builder = builder.max_open_files(files);
+    }
+    if let Some(bytes) = params.clean_ahead {
+        builder = builder.clean_ahead(bytes);
     }
     let store = builder
         .build()

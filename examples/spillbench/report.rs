@@ -36,6 +36,8 @@ pub(crate) struct Params {
     pub(crate) max_object_size: Option<u64>,
     /// `Builder::max_open_files`, if overridden.
     pub(crate) max_open_files: Option<usize>,
+    /// `Builder::clean_ahead`, if overridden (0: off).
+    pub(crate) clean_ahead: Option<u64>,
     /// Where the spill files went.
     pub(crate) dump_dir: String,
     /// Whether `dump_dir` is a temporary directory created for this run.
@@ -71,6 +73,10 @@ pub(crate) struct Counters {
     pub(crate) reloaded_bytes: u64,
     /// Evictions that reused a copy already on disk.
     pub(crate) respills: u64,
+    /// Copies the background spiller wrote ahead of need.
+    pub(crate) cleaned: u64,
+    /// Bytes of those copies.
+    pub(crate) cleaned_bytes: u64,
     /// Value bytes moved by compaction (written again).
     pub(crate) compacted_bytes: u64,
 }
@@ -86,6 +92,8 @@ impl Counters {
             spilled_bytes: stats.spilled_bytes,
             reloaded_bytes: stats.reloaded_bytes,
             respills: stats.respills,
+            cleaned: stats.cleaned,
+            cleaned_bytes: stats.cleaned_bytes,
             compacted_bytes: stats.compacted_bytes,
         }
     }
@@ -101,6 +109,8 @@ impl Counters {
             spilled_bytes: self.spilled_bytes.saturating_sub(earlier.spilled_bytes),
             reloaded_bytes: self.reloaded_bytes.saturating_sub(earlier.reloaded_bytes),
             respills: self.respills.saturating_sub(earlier.respills),
+            cleaned: self.cleaned.saturating_sub(earlier.cleaned),
+            cleaned_bytes: self.cleaned_bytes.saturating_sub(earlier.cleaned_bytes),
             compacted_bytes: self.compacted_bytes.saturating_sub(earlier.compacted_bytes),
         }
     }
@@ -117,6 +127,9 @@ impl Counters {
             "reloaded_bytes": self.reloaded_bytes,
             "reload_mb_per_s": mb_per_s(self.reloaded_bytes, secs),
             "respills": self.respills,
+            "cleaned": self.cleaned,
+            "cleaned_bytes": self.cleaned_bytes,
+            "clean_mb_per_s": mb_per_s(self.cleaned_bytes, secs),
             "compacted_bytes": self.compacted_bytes,
         })
     }
@@ -147,7 +160,9 @@ impl Phase {
     fn write_amplification(&self, value_size: u64) -> Option<f64> {
         let inserted = self.inserts * value_size;
         (inserted > 0).then(|| {
-            (self.store.spilled_bytes + self.store.compacted_bytes) as f64 / inserted as f64
+            let written =
+                self.store.spilled_bytes + self.store.cleaned_bytes + self.store.compacted_bytes;
+            written as f64 / inserted as f64
         })
     }
 
@@ -415,6 +430,7 @@ impl Report {
                 "shards": p.shards,
                 "max_object_size": p.max_object_size,
                 "max_open_files": p.max_open_files,
+                "clean_ahead": p.clean_ahead,
                 "dump_dir": p.dump_dir,
                 "temporary_dump_dir": p.temporary_dir,
                 "verify_full": p.verify_full,
@@ -486,11 +502,16 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "  store           shards {}, max object size {}, max open files {}, {}",
+            "  store           shards {}, max object size {}, max open files {}, clean ahead {}, {}",
             p.shards.map_or("default".to_owned(), |s| s.to_string()),
             p.max_object_size.map_or("default".to_owned(), format_size),
             p.max_open_files
                 .map_or("default".to_owned(), |n| n.to_string()),
+            match p.clean_ahead {
+                None => "default".to_owned(),
+                Some(0) => "off".to_owned(),
+                Some(bytes) => format_size(bytes),
+            },
             if p.exact_lru {
                 "exact LRU"
             } else {
@@ -547,10 +568,12 @@ impl Report {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<8}{:>9}{:>11}{:>9}{:>10}{:>12}{:>11}{:>10}",
+            "{:<8}{:>9}{:>11}{:>9}{:>11}{:>9}{:>10}{:>12}{:>11}{:>10}",
             "store",
             "spills",
             "spill MB/s",
+            "cleaned",
+            "clean MB/s",
             "respill",
             "reloads",
             "reload MB/s",
@@ -561,10 +584,12 @@ impl Report {
             let c = &ph.store;
             let _ = writeln!(
                 o,
-                "{:<8}{:>9}{:>11.1}{:>9}{:>10}{:>12.1}{:>11}{:>10}",
+                "{:<8}{:>9}{:>11.1}{:>9}{:>11.1}{:>9}{:>10}{:>12.1}{:>11}{:>10}",
                 name,
                 c.spills,
                 mb_per_s(c.spilled_bytes, ph.secs),
+                c.cleaned,
+                mb_per_s(c.cleaned_bytes, ph.secs),
                 c.respills,
                 c.reloads,
                 mb_per_s(c.reloaded_bytes, ph.secs),
@@ -662,8 +687,10 @@ impl Report {
             if let Some(amp) = ph.write_amplification(p.value_size) {
                 let _ = writeln!(
                     o,
-                    "write amp {name:<6}{amp:.2} (spilled {} + compacted {} per {} inserted)",
+                    "write amp {name:<6}{amp:.2} (spilled {} + cleaned ahead {} + compacted {} \
+                     per {} inserted)",
                     format_size(ph.store.spilled_bytes),
+                    format_size(ph.store.cleaned_bytes),
                     format_size(ph.store.compacted_bytes),
                     format_size(ph.inserts * p.value_size)
                 );

@@ -143,7 +143,8 @@ pub(super) struct State<K> {
 /// Running totals of evictions in one shard.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Evictions {
-    /// Value bytes evicted, with or without a write.
+    /// Value bytes the eviction hand took off the LRU tail: evicted, with or
+    /// without a write, or given a second chance at the head.
     pub(super) bytes: u64,
     /// Evictions that had to write (the value had no disk copy).
     pub(super) writes: u64,
@@ -305,7 +306,8 @@ impl<'a, K> WriteGuard<'a, K> {
         let mut wrapped = false;
         while to_free > 0 {
             let Some(slot) = cursor else { break };
-            let slab = &mut self.state().slab;
+            let state = self.state();
+            let slab = &mut state.slab;
             cursor = slab.prev_of(slot);
             if Some(slot) == keep {
                 continue;
@@ -313,6 +315,10 @@ impl<'a, K> WriteGuard<'a, K> {
             if !exact && slab.take_mark(slot) {
                 slab.unlink(slot);
                 slab.push_front(slot);
+                // It left the tail as surely as an evicted value.
+                let len = slab.get(slot).map_or(0, |e| e.payload.len());
+                state.evictions.bytes += len;
+                let slab = &state.slab;
                 if cursor.is_none() && !wrapped {
                     wrapped = true;
                     cursor = slab.back();
