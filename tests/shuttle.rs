@@ -11,7 +11,9 @@
 //!
 //! Further races pit compaction against replace, reload and remove on stores
 //! of one, two and four shards (keys hash the same way in every execution
-//! under shuttle, so each schedule is reproducible).
+//! under shuttle, so each schedule is reproducible), and the spiller (run by
+//! `quiesce`, as no background thread runs under shuttle) against replace,
+//! remove, reload, eviction, `clear` and compaction.
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg shuttle" cargo test --release --test shuttle`
@@ -289,6 +291,92 @@ fn clear_races_compaction_and_reload() {
         clearer.join().unwrap();
         assert!(seen.is_none() || is(&seen, 5), "reader saw {seen:?}");
         assert!(store.is_empty());
+        check_and_empty(&dir, &store);
+    });
+}
+
+/// A store that fits three 60-byte values in memory and cleans all of them
+/// ahead: "a", "b" and "c" resident without copies (under shuttle no
+/// spiller thread runs: `quiesce` runs its work), "k" spilled.
+fn cleaning_setup() -> (tempfile::TempDir, Arc<SpillStore<&'static str>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SpillStore::builder()
+        .max_size(200)
+        .clean_ahead(200)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(4096)
+        .shards(1)
+        .build()
+        .unwrap();
+    for (key, tag) in [("k", 0), ("a", 1), ("b", 2), ("c", 3)] {
+        store.insert(key, v(tag)).unwrap();
+    }
+    assert_eq!(store.location("k"), Some(spillstore::Location::File));
+    assert_eq!(store.stats().cleaned, 0);
+    (dir, Arc::new(store))
+}
+
+/// The spiller writing copies of "a", "b" and "c" while "a" is replaced,
+/// "b" removed, "k" reloaded (its promotion evicts) and "d" inserted (its
+/// insert evicts): a copy goes only to the value it was written from, so
+/// every later eviction and reload gives back exactly the bytes stored
+/// last; a removed key stays removed; nothing leaks.
+#[test]
+fn spiller_races_replace_remove_reload_and_evictions() {
+    check(|| {
+        let (dir, store) = cleaning_setup();
+        let s = Arc::clone(&store);
+        let spiller = thread::spawn(move || s.quiesce());
+        let s = Arc::clone(&store);
+        let writer = thread::spawn(move || s.insert("a", v(11)).unwrap());
+        let s = Arc::clone(&store);
+        let remover = thread::spawn(move || s.remove("b").unwrap());
+        let s = Arc::clone(&store);
+        let reader = thread::spawn(move || s.get("k").unwrap());
+        let s = Arc::clone(&store);
+        let evicter = thread::spawn(move || s.insert("d", v(4)).unwrap());
+        spiller.join().unwrap();
+        writer.join().unwrap();
+        assert!(remover.join().unwrap());
+        assert!(is(&reader.join().unwrap(), 0), "reader saw wrong bytes");
+        evicter.join().unwrap();
+        // Push everything through disk and back: copies are what is read.
+        store.quiesce();
+        for key in ["e", "f", "g"] {
+            store.insert(key, v(5)).unwrap();
+        }
+        assert!(is(&store.get("a").unwrap(), 11), "lost update");
+        assert_eq!(store.get("b").unwrap(), None, "resurrected");
+        for (key, tag) in [("k", 0), ("c", 3), ("d", 4)] {
+            assert!(is(&store.get(key).unwrap(), tag), "key {key}");
+        }
+        let stats = store.stats();
+        assert!(stats.cleaned > 0, "{stats:?}");
+        check_and_empty(&dir, &store);
+    });
+}
+
+/// The spiller (with a compaction pass, both run by `quiesce`) racing
+/// `clear` and an insert after it: nothing survives the clear but what was
+/// inserted after it, no copy lands on a cleared entry, nothing leaks.
+#[test]
+fn spiller_races_clear_and_compaction() {
+    check(|| {
+        let (dir, store) = cleaning_setup();
+        let s = Arc::clone(&store);
+        let spiller = thread::spawn(move || s.quiesce());
+        let s = Arc::clone(&store);
+        let compacter = thread::spawn(move || s.compact());
+        let s = Arc::clone(&store);
+        let clearer = thread::spawn(move || {
+            s.clear().unwrap();
+            s.insert("after", v(7)).unwrap();
+        });
+        spiller.join().unwrap();
+        compacter.join().unwrap();
+        clearer.join().unwrap();
+        assert_eq!(store.keys(), vec!["after"]);
+        assert!(is(&store.get("after").unwrap(), 7));
         check_and_empty(&dir, &store);
     });
 }
