@@ -128,6 +128,7 @@ struct Input {
     max_object_size: Option<Size>,
     shards: Option<Shards>,
     segment_size: Option<Size>,
+    clean_ahead: Option<Size>,
     dump_dir: Option<Dir>,
     /// `(key, len)`: a few inserts, each followed by reads of every key.
     inserts: Vec<(u8, u16)>,
@@ -312,6 +313,7 @@ fuzz_target!(|input: Input| {
     let max_object_size = input.max_object_size.map(Size::get);
     let shards = input.shards.map(Shards::get);
     let segment_size = input.segment_size.map(Size::get);
+    let clean_ahead = input.clean_ahead.map(Size::get);
 
     // Settings `build` must refuse before touching the file system.
     let invalid = max_size.is_some() != dir.is_some()
@@ -319,7 +321,9 @@ fuzz_target!(|input: Input| {
         || dir.as_ref().is_some_and(|d| d.as_os_str().is_empty())
         || shards.is_some_and(|n| n == 0 || n > MAX_SHARDS)
         // The builder accepts segment sizes from 4 KiB to 1 GiB.
-        || segment_size.is_some_and(|s| !(4096..=1 << 30).contains(&s));
+        || segment_size.is_some_and(|s| !(4096..=1 << 30).contains(&s))
+        // Any amount cleaned ahead needs a dump dir; zero never does.
+        || (clean_ahead.is_some_and(|b| b > 0) && dir.is_none());
     if invalid {
         expect = Expect::Invalid;
     }
@@ -339,6 +343,9 @@ fuzz_target!(|input: Input| {
     }
     if let Some(s) = segment_size {
         builder = builder.segment_size(s);
+    }
+    if let Some(b) = clean_ahead {
+        builder = builder.clean_ahead(b);
     }
     let store = match builder.build() {
         Ok(store) => {

@@ -48,6 +48,10 @@ struct Input {
     max_object_size: Option<u16>,
     /// `max_disk_size`: `1..=65536` bytes, or none.
     max_disk_size: Option<u16>,
+    /// `clean_ahead`: `0..=max_size` bytes (0: off), or the default. The
+    /// spiller thread writes copies while the ops run, and `quiesce` (after
+    /// every step) runs its pending work.
+    clean_ahead: Option<u16>,
     ops: Vec<Op>,
 }
 
@@ -121,9 +125,14 @@ impl Checker {
                     "step {step}: wrong ObjectTooLarge"
                 );
             }
-            (None, Err(Error::DiskLimit { needed, available, limit }))
-                if self.max_disk_size.is_some() =>
-            {
+            (
+                None,
+                Err(Error::DiskLimit {
+                    needed,
+                    available,
+                    limit,
+                }),
+            ) if self.max_disk_size.is_some() => {
                 self.disk_limit_refused(step, key, needed, available, limit);
             }
             (expected, got) => {
@@ -312,8 +321,15 @@ impl Checker {
 // never occupy more than the budget, by the store's count or by `du`.
 impl Checker {
     fn disk_limit_refused(&self, step: usize, key: u16, needed: u64, available: u64, limit: u64) {
-        assert_eq!(Some(limit), self.max_disk_size, "step {step}: DiskLimit's limit");
-        assert!(needed > available, "step {step}: refused {needed} with {available} free");
+        assert_eq!(
+            Some(limit),
+            self.max_disk_size,
+            "step {step}: DiskLimit's limit"
+        );
+        assert!(
+            needed > available,
+            "step {step}: refused {needed} with {available} free"
+        );
         // The old value, if any, stays.
         assert_eq!(
             self.store.contains_key(&key),
@@ -325,7 +341,10 @@ impl Checker {
     fn check_disk_budget(&self, step: usize) {
         use std::os::unix::fs::MetadataExt;
         let s = self.store.stats();
-        assert_eq!(s.max_disk_size, self.max_disk_size, "step {step}: stats.max_disk_size");
+        assert_eq!(
+            s.max_disk_size, self.max_disk_size,
+            "step {step}: stats.max_disk_size"
+        );
         let du: u64 = spill_files(&self.dump)
             .iter()
             .filter_map(|(p, _)| std::fs::symlink_metadata(p).ok())
@@ -369,6 +388,9 @@ fuzz_target!(|input: Input| {
     let max_disk_size = input.max_disk_size.map(|d| 1 + u64::from(d));
     if let Some(d) = max_disk_size {
         builder = builder.max_disk_size(d);
+    }
+    if let Some(bytes) = input.clean_ahead {
+        builder = builder.clean_ahead(u64::from(bytes) % (max_size + 1));
     }
     let store = builder.build().expect("valid settings build");
     let n = store.shard_count() as u64;
