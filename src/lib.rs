@@ -70,6 +70,12 @@
 //! pass that moves the live records out of segments that are at most half
 //! live. No caller's insert ever runs a pass.
 //!
+//! **Cleaning ahead.** A second background thread, the spiller, keeps disk
+//! copies of the resident values nearest each shard's LRU tail
+//! ([`Builder::clean_ahead`]), so the insert that evicts them writes
+//! nothing; it also punches the holes, so no caller waits for `fallocate`.
+//! It changes neither what is resident nor the eviction order.
+//!
 //! # Guarantees
 //!
 //! - `memory_bytes` never exceeds `max_size`, at any instant.
@@ -116,6 +122,8 @@
 //! | `config` | [`Builder`] and validation |
 //! | `shard` | one shard: index, LRU, budget; decides what to spill |
 //! | `shard::state` | the entry state machine: one method per transition, the accounting, a write guard that frees after unlocking |
+//! | `shard::clean` | the spiller's walk of a shard's clean window |
+//! | `background` | the worker threads (compactor, spiller) and their wake-ups |
 //! | `compaction` | reclaiming dead space in spill files, on a background thread |
 //! | `lru` | index-based intrusive list over a slab |
 //! | `access` | striped lock-free log of memory hits, replayed by writers |
