@@ -625,7 +625,7 @@ fn main() {
     println!(
         "PASS: {ops} ops in {:.1} s ({:.0} ops/s): {} inserts ({} larger than a shard's share), \
          {} removes, {} own gets, {} foreign gets ({} served from files); store: {} spills, \
-         {} respills, {} reloads, 0 corruptions; seed {seed}",
+         {} copies cleaned ahead, {} respills, {} reloads, 0 corruptions; seed {seed}",
         elapsed.as_secs_f64(),
         ops as f64 / elapsed.as_secs_f64(),
         sum(|c| &c.inserts),
@@ -635,6 +635,7 @@ fn main() {
         sum(|c| &c.foreign_gets),
         sum(|c| &c.file_gets),
         stats.spills,
+        stats.cleaned,
         stats.respills,
         stats.reloads,
     );

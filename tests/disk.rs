@@ -302,6 +302,54 @@ fn disk_limit_is_returned_exactly_when_the_data_cannot_fit() {
     );
 }
 
+/// The spiller never takes the last `clean_ahead` bytes of the disk budget:
+/// those stay for the writes that cannot wait. With room to spare, it cleans
+/// its whole window, and evicting those values then writes nothing.
+#[test]
+fn copies_written_ahead_leave_the_last_clean_ahead_bytes_of_the_budget() {
+    let run = |limit: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SpillStore<u32> = SpillStore::builder()
+            .max_size(64 << 10)
+            .clean_ahead(32 << 10)
+            .max_disk_size(limit)
+            .dump_dir(dir.path().join("dump"))
+            .shards(1)
+            .build()
+            .unwrap();
+        for k in 0..16 {
+            store.insert(k, value(u64::from(k), 4000)).unwrap();
+        }
+        store.quiesce();
+        let stats = store.stats();
+        assert!(
+            stats.spill_file_allocated_bytes + (32 << 10) <= limit,
+            "{stats:?}"
+        );
+        (store, dir)
+    };
+    // The window ends in the ninth value from the tail (9 x 4000 bytes
+    // reach 32 KiB): nine copies and a segment header do not fit in 64 KiB
+    // less the 32 KiB kept free, so nothing is written ahead.
+    let (tight, _dir) = run(64 << 10);
+    assert_eq!(tight.stats().cleaned, 0);
+    tight.insert(16, value(16, 4000)).unwrap();
+    assert_eq!((tight.stats().spills, tight.stats().respills), (1, 0));
+    // With room, the 9 least recently used values get copies ...
+    let (roomy, _dir) = run(1 << 20);
+    assert_eq!(roomy.stats().cleaned, 9);
+    assert_eq!(roomy.stats().cleaned_bytes, 9 * 4000);
+    // ... so the next inserts evict them without a write.
+    for k in 16..24 {
+        roomy.insert(k, value(u64::from(k), 4000)).unwrap();
+    }
+    let stats = roomy.stats();
+    assert_eq!((stats.spills, stats.respills), (0, 8), "{stats:?}");
+    for k in 0..24 {
+        assert_eq!(roomy.get(&k).unwrap().unwrap(), value(u64::from(k), 4000));
+    }
+}
+
 /// Sizes from 100 B to 1 MiB, replaces, removes and reads, values held
 /// across them: the files never occupy more than the budget, no value is
 /// lost or altered, and a refused insert changes nothing.
