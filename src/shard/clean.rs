@@ -46,7 +46,9 @@ const BATCH_BYTES: u64 = 1 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct Frontier {
     /// The last entry visited, by slot and value identity (the address and
-    /// length of its bytes); `None` to start at the tail.
+    /// length of its bytes; no clone is kept, so a new value in the same
+    /// slot at the same address passes for it, which only misplaces the
+    /// walk); `None` to start at the tail.
     at: Option<(SlotId, usize, usize)>,
     /// Window bytes from the tail up to and including `at`, as counted when
     /// it was visited, less what has been evicted since.
@@ -96,9 +98,10 @@ impl<K: Hash + Eq> Shard<K> {
         self.clean_requested.swap(false, Ordering::AcqRel)
     }
 
-    /// Asks the spiller to clean this shard, if cleaning is on and the
-    /// shard is within its window of the budget with `more` bytes added.
-    /// Says whether the spiller needs waking (it was not asked already).
+    /// Asks the spiller to clean this shard, if cleaning is on and
+    /// `memory_bytes` (what the shard will hold) is within its window of the
+    /// budget. Says whether the spiller needs waking (it was not asked
+    /// already).
     pub(super) fn request_cleaning(&self, memory_bytes: u64) -> bool {
         self.window > 0
             && memory_bytes.saturating_add(self.window) > self.budget

@@ -37,8 +37,8 @@ pub(crate) use state::{Relocation, SparseRecords};
 
 /// The dump dir as a shard's operations see it: where to spill, the other
 /// shards, whose disk copies a spill that meets the disk budget may give
-/// up, and the spiller to wake when a shard nears its budget (`None` when
-/// cleaning ahead is off, or under shuttle, whose tests run it by hand).
+/// up, and the spiller to wake when a shard nears its budget (`None` under
+/// shuttle, whose tests run its work by hand through `quiesce`).
 pub(crate) struct Disk<'a, K> {
     pub(crate) dir: &'a SpillDir,
     pub(crate) shards: &'a [CachePadded<Shard<K>>],
