@@ -625,7 +625,13 @@ impl DirShared {
         if pending >= self.punch_batch && self.bulk_releases.load(Ordering::Acquire) == 0 {
             match self.puncher.get() {
                 Some(puncher) => {
-                    self.due.lock().push(Arc::downgrade(segment));
+                    let mut due = self.due.lock();
+                    // Each release past the batch size lands here until the
+                    // spiller runs: list a segment once in a row.
+                    if !due.last().is_some_and(|s| s.as_ptr() == Arc::as_ptr(segment)) {
+                        due.push(Arc::downgrade(segment));
+                    }
+                    drop(due);
                     puncher.wake();
                 }
                 None => segment.punch_dead_blocks(self),
