@@ -658,8 +658,11 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn clear(&self) -> Result<(), Error> {
-        // No compaction pass may write records for entries cleared under it.
+        // No compaction pass, and no run of the spiller, may hold records
+        // written for entries cleared under it: every file goes before this
+        // returns.
         let _pass = self.shared.passes.lock();
+        let _spiller_run = self.shared.frontiers.lock();
         // Files emptied here are deleted whole: no holes punched first.
         let _bulk = self.spill().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);
