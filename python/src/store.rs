@@ -324,7 +324,8 @@ impl StoreCore {
     /// `entries`, `memory_entries`, `disk_entries`, `memory_bytes`,
     /// `disk_bytes`, `max_size`, `spill_files`, `spill_file_bytes`, `hits`,
     /// `misses`, `reloads`, `reloaded_bytes`, `spills`, `spilled_bytes`,
-    /// `respills`, `corruptions`, `compactions`, `compacted_bytes`.
+    /// `respills`, `cleaned`, `cleaned_bytes`, `corruptions`, `compactions`,
+    /// `compacted_bytes`.
     ///
     /// Example:
     ///     >>> import spillstore
@@ -359,6 +360,8 @@ impl StoreCore {
         dict.set_item("spills", st.spills)?;
         dict.set_item("spilled_bytes", st.spilled_bytes)?;
         dict.set_item("respills", st.respills)?;
+        dict.set_item("cleaned", st.cleaned)?;
+        dict.set_item("cleaned_bytes", st.cleaned_bytes)?;
         dict.set_item("corruptions", st.corruptions)?;
         dict.set_item("compactions", st.compactions)?;
         dict.set_item("compacted_bytes", st.compacted_bytes)?;
