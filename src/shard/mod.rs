@@ -11,6 +11,8 @@
 //! drive: the states, the one method per transition, the accounting and the
 //! write guard that frees everything taken out after the lock is released.
 
+#[cfg(feature = "tokio")]
+mod inline;
 mod state;
 
 use std::borrow::Borrow;
@@ -28,6 +30,8 @@ use crate::stats::{bump, Counters, Stats};
 use crate::sync::{yield_now, RwLock};
 use crate::Location;
 
+#[cfg(feature = "tokio")]
+pub(crate) use inline::Probe;
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
 

@@ -1,0 +1,118 @@
+//! The shard's attempts that never do I/O, for the async facade
+//! ([`crate::asynchronous`]): each either completes under the lock, with
+//! nothing but memory touched, or reports that the operation needs the disk
+//! and changes nothing the normal operation would not have changed first.
+//! The facade runs them on the executor thread and falls back to the normal
+//! operation on tokio's blocking pool.
+//!
+//! What counts as I/O: writing a spill, reading a record, and dropping a
+//! record (which may punch holes into its segment or delete its file).
+//! Dropping a value's bytes only frees memory.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+use bytes::Bytes;
+
+use super::state::{Payload, State};
+use super::Shard;
+use crate::lru::SlotId;
+use crate::stats::bump;
+
+/// What a look at a shard's memory found for a key.
+pub(crate) enum Probe {
+    /// The value, in memory: served, and counted as a hit.
+    Resident(Bytes),
+    /// Only on disk: the normal `get` must read it back (nothing counted).
+    OnDisk,
+    /// Not stored: counted as a miss.
+    Absent,
+}
+
+impl<K: Hash + Eq> Shard<K> {
+    /// [`Shard::get`] as far as it goes without reading a file: a memory
+    /// hit counts and marks recency exactly as `get` does, a miss counts
+    /// as `get`'s does, and a value on disk is left to `get`, which counts
+    /// it then.
+    pub(crate) fn get_resident<Q>(&self, key: &Q, hash: u64) -> Probe
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let state = self.state.read();
+        let Some(slot) = state.find(hash, key) else {
+            bump(&self.counters.misses, 1);
+            return Probe::Absent;
+        };
+        let Payload::Resident { value, .. } = &state.entry(slot).payload else {
+            return Probe::OnDisk;
+        };
+        let value = value.clone();
+        // The bookkeeping of a memory hit in `Shard::get`, step for step.
+        if self.exact_lru {
+            drop(state);
+            self.record_access(slot);
+        } else {
+            state.slab.mark(slot);
+            drop(state);
+            self.accesses.count_hit();
+        }
+        Probe::Resident(value)
+    }
+
+    /// [`Shard::insert`] if it needs no I/O: room is made only by evicting
+    /// values that keep an intact disk copy (respill). Gives `key` and
+    /// `value` back, for the normal insert, when it would need a write (the
+    /// LRU walk reached a value without a copy, or the value is larger than
+    /// the shard's share and goes straight to disk) or would drop a record
+    /// (the value replaced has one). The values respilled before giving up
+    /// are the ones the normal insert evicts first, so the eviction order
+    /// is the same either way.
+    pub(crate) fn insert_without_io(
+        &self,
+        key: K,
+        hash: u64,
+        value: Bytes,
+    ) -> Result<(), (K, Bytes)> {
+        let len = value.len() as u64;
+        if len > self.budget {
+            return Err((key, value));
+        }
+        let mut guard = self.write();
+        let (over, keep) = guard.overflow(len, Some((&key, hash)));
+        if keep.is_some_and(|slot| holds_record(guard.state(), slot)) {
+            return Err((key, value));
+        }
+        // An unbounded shard never overflows, so it never needs a dump dir.
+        if over > 0 && !guard.evict_without_writes(over, keep) {
+            return Err((key, value));
+        }
+        guard.store(key, hash, Payload::Resident { value, copy: None });
+        Ok(())
+    }
+
+    /// [`Shard::remove`] if it drops no record: `None` when `key` holds one
+    /// (on disk, or a resident value's copy), with nothing changed.
+    pub(crate) fn remove_without_io<Q>(&self, key: &Q, hash: u64) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut guard = self.write();
+        match guard.state().find(hash, key) {
+            None => Some(false),
+            Some(slot) if holds_record(guard.state(), slot) => None,
+            Some(_) => Some(guard.remove(key, hash)),
+        }
+    }
+}
+
+/// Whether the entry in `slot` holds a spill record (dropping it may punch
+/// a hole or delete a file). A value being spilled holds none yet: its
+/// record, if it ends up unwanted, is dropped by the spilling thread.
+fn holds_record<K>(state: &State<K>, slot: SlotId) -> bool {
+    matches!(
+        state.entry(slot).payload,
+        Payload::Disk(_) | Payload::Resident { copy: Some(_), .. }
+    )
+}
