@@ -40,22 +40,35 @@ use crate::{Error, Location, SpillStore, Stats};
 /// | [`get`](Self::get) | value in memory, or absent | value only on disk: the reload (and the spills that make room for it) |
 /// | [`insert`](Self::insert) | room is made only by evicting values that keep a disk copy (no write) | a victim must be written, the value is larger than its shard's share, or the value replaced has a disk record |
 /// | [`remove`](Self::remove) | the value is absent, or in memory without a disk copy | the value has a disk record (on disk, or a resident value's copy) |
+/// | all three | | the shard's lock is taken (see below) |
 /// | `contains_key`, `location`, `len`, `stats` | always | never |
 ///
 /// # What may still block, and for how long
 ///
-/// Nothing inline reads, writes, punches or deletes a file. The inline
-/// paths take one shard's lock (all shards' read locks in turn for `len`
-/// and `stats`), which the store never holds across I/O: they wait at
-/// most for other threads' in-memory sections on that shard, typically
-/// below a microsecond to a few microseconds (an eviction walk over the
-/// victims of one insert), and O(entries of the shard) for the rare
-/// shard-wide ones (`clear`, giving up disk copies when the disk budget
-/// is reached, compaction installing moved records). An inline `insert`
-/// or `remove` then frees the memory of the values it took out (the
-/// replaced value, the victims evicted), after releasing the lock: a
-/// `free` per value, which for large values is an `munmap` system call but
-/// no disk access.
+/// Nothing inline reads, writes, punches or deletes a file, and the async
+/// calls never wait for a lock: they try the shard's lock, and a call that
+/// finds it taken by a writer goes to the blocking pool, like one that
+/// needs the disk. (The store holds its locks only for in-memory sections,
+/// but a holder preempted by the operating system, likely when the
+/// blocking pool runs more threads than there are cores, holds it for a
+/// scheduler time slice: milliseconds.) What remains on the executor
+/// thread:
+///
+/// - the in-memory work itself: a hash lookup, for `insert` the eviction
+///   walk over the victims it respills (O(victims)), and with
+///   [`Builder::exact_lru`](crate::Builder::exact_lru) the replay of the
+///   buffered hits when a write lock is taken (at most a buffer's worth);
+/// - after the lock is released, freeing the memory of the values an
+///   inline `insert` or `remove` took out (the replaced value, the
+///   victims respilled): a `free` per value, for large values an `munmap`
+///   system call, but no disk access;
+/// - the synchronous [`contains_key`](Self::contains_key),
+///   [`location`](Self::location), [`len`](Self::len) and
+///   [`stats`](Self::stats), which wait for a read lock (of one shard, or
+///   of every shard in turn for `len` and `stats`) as the synchronous
+///   store does: as long as a writer's in-memory section, typically well
+///   under a microsecond, but the length of a time slice if the writer is
+///   preempted.
 ///
 /// Dropping the last clone drops the store, which deletes its spill files
 /// on the dropping thread (and joins its compaction thread): in async code,
@@ -232,7 +245,7 @@ where
         match probe {
             Probe::Resident(value) => Ok(Some((value, Location::Memory))),
             Probe::Absent => Ok(None),
-            Probe::OnDisk => {
+            Probe::OnDisk | Probe::Busy => {
                 let key = key.to_owned();
                 self.blocking(move |store| store.get_with_location(key.borrow()))
                     .await?
