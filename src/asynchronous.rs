@@ -76,6 +76,15 @@ use crate::{Error, Location, SpillStore, Stats};
 /// `tokio::task::spawn_blocking(move || drop(store))`, or call
 /// [`SpillStore::cleanup`] there.
 ///
+/// Await the futures within a tokio runtime (any flavour): a call that
+/// goes to the blocking pool uses `tokio::task::spawn_blocking`, which
+/// panics outside one. On a machine with few cores, consider capping the
+/// blocking pool near the core count
+/// (`tokio::runtime::Builder::max_blocking_threads`): reloads and spills
+/// are CPU work too (a copy and a checksum per value), and many pool
+/// threads competing with the executor threads for the cores delay the
+/// executor by scheduler time slices.
+///
 /// # Cancellation
 ///
 /// Dropping a future before it completes cancels what has not started: an
