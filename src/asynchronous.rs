@@ -85,6 +85,11 @@ use crate::{Error, Location, SpillStore, Stats};
 /// threads competing with the executor threads for the cores delay the
 /// executor by scheduler time slices.
 ///
+/// A call served inline returns without yielding, and does not use tokio's
+/// cooperative budget: a task that loops over memory hits keeps its
+/// worker until it awaits something else, like any loop of synchronous
+/// work (`tokio::task::yield_now` between batches gives the worker back).
+///
 /// # Cancellation
 ///
 /// Dropping a future before it completes cancels what has not started: an
