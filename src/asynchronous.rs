@@ -78,12 +78,7 @@ use crate::{Error, Location, SpillStore, Stats};
 ///
 /// Await the futures within a tokio runtime (any flavour): a call that
 /// goes to the blocking pool uses `tokio::task::spawn_blocking`, which
-/// panics outside one. On a machine with few cores, consider capping the
-/// blocking pool near the core count
-/// (`tokio::runtime::Builder::max_blocking_threads`): reloads and spills
-/// are CPU work too (a copy and a checksum per value), and many pool
-/// threads competing with the executor threads for the cores delay the
-/// executor by scheduler time slices.
+/// panics outside one.
 ///
 /// A call served inline returns without yielding, and does not use tokio's
 /// cooperative budget: a task that loops over memory hits keeps its
