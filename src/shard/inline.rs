@@ -79,9 +79,9 @@ impl<K: Hash + Eq> Shard<K> {
     /// `value` back, for the normal insert, when it would need a write (the
     /// LRU walk reached a value without a copy, or the value is larger than
     /// the shard's share and goes straight to disk), would drop a record
-    /// (the value replaced has one) or would wait for the lock. The values respilled before giving up
-    /// are the ones the normal insert evicts first, so the eviction order
-    /// is the same either way.
+    /// (the value replaced has one) or would wait for the lock. The values
+    /// respilled before giving up are the ones the normal insert evicts
+    /// first, so the eviction order is the same either way.
     pub(crate) fn insert_without_io(
         &self,
         key: K,
