@@ -134,3 +134,29 @@ fn holds_record<K>(state: &State<K>, slot: SlotId) -> bool {
         Payload::Disk(_) | Payload::Resident { copy: Some(_), .. }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the lock taken, every attempt reports it and changes nothing:
+    /// no count, no entry, the value handed back.
+    #[test]
+    fn a_taken_lock_is_reported_not_waited_for() {
+        let shard: Shard<u32> = Shard::new(100, ahash::RandomState::new(), false);
+        let value = Bytes::from_static(b"v");
+        assert!(shard.insert_without_io(1, 1, value.clone()).is_ok());
+        let held = shard.state.write();
+        assert!(matches!(shard.get_resident(&1, 1), Probe::Busy));
+        let given_back = shard.insert_without_io(2, 2, value.clone());
+        assert!(matches!(given_back, Err((2, v)) if v == value));
+        assert_eq!(shard.remove_without_io(&1, 1), None);
+        drop(held);
+        assert!(matches!(shard.get_resident(&1, 1), Probe::Resident(v) if v == value));
+        assert!(matches!(shard.get_resident(&2, 2), Probe::Absent));
+        assert_eq!(shard.remove_without_io(&1, 1), Some(true));
+        let mut stats = crate::Stats::default();
+        shard.add_stats(&mut stats);
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 0));
+    }
+}
