@@ -119,8 +119,10 @@
 //! | module | one job |
 //! |---|---|
 //! | `store` | [`SpillStore`]: hashing, routing to a shard, the public API |
+//! | `asynchronous` | `AsyncSpillStore` (feature `tokio`): memory hits inline, disk work on tokio's blocking pool |
 //! | `config` | [`Builder`] and validation |
 //! | `shard` | one shard: index, LRU, budget; decides what to spill |
+//! | `shard::inline` | the shard's operations that never do I/O, for the async facade |
 //! | `shard::state` | the entry state machine: one method per transition, the accounting, a write guard that frees after unlocking |
 //! | `shard::clean` | the spiller's walk of a shard's clean window |
 //! | `background` | the worker threads (compactor, spiller) and their wake-ups |
@@ -131,7 +133,11 @@
 //! | `error`, `stats` | [`Error`], [`Stats`] |
 //! | `sync` | the locks and atomics: parking_lot's and std's, or shuttle's for the model check |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod access;
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod background;
 mod compaction;
 mod config;
@@ -143,6 +149,8 @@ mod stats;
 mod store;
 mod sync;
 
+#[cfg(feature = "tokio")]
+pub use asynchronous::AsyncSpillStore;
 pub use bytes::Bytes;
 pub use config::{Builder, DEFAULT_SEGMENT_SIZE, MAX_SHARDS};
 pub use error::{Error, LimitKind};

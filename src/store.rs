@@ -12,6 +12,8 @@ use crate::background::Worker;
 use crate::compaction;
 use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
+#[cfg(feature = "tokio")]
+use crate::shard::Probe;
 use crate::shard::{Disk, Frontier, Shard};
 use crate::spill::SpillDir;
 use crate::stats::Stats;
@@ -797,6 +799,75 @@ where
             if shares != max {
                 return Err(format!("shard budgets add up to {shares}, not {max}"));
             }
+        }
+        Ok(())
+    }
+
+    /// The facade's inline `get`: a value in memory, or [`Probe::OnDisk`]
+    /// when only [`get`](Self::get) can serve it (by reading its file).
+    /// Counts hits and misses exactly as `get` does.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn get_resident<Q>(&self, key: &Q) -> Probe
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        shard.get_resident(key, hash)
+    }
+
+    /// The facade's inline `insert`: [`insert`](Self::insert) if it needs
+    /// no I/O, else `Ok(Some((key, value)))` given back for `insert` (with
+    /// only evictions done that `insert` would have done first). The size
+    /// limits are checked here, so that a refused value fails at once.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn insert_without_io(
+        &self,
+        key: K,
+        value: Bytes,
+    ) -> Result<Option<(K, Bytes)>, Error> {
+        self.check_size(value.len() as u64)?;
+        let (shard, hash) = self.route(&key);
+        let spiller = self.spiller.as_ref().map(Worker::waker);
+        match shard.insert_without_io(key, hash, value, spiller) {
+            Ok(()) => {
+                self.compact_when_due();
+                Ok(None)
+            }
+            Err(given_back) => Ok(Some(given_back)),
+        }
+    }
+
+    /// The facade's inline `remove`: [`remove`](Self::remove) if it drops
+    /// no spill record, else `None` with nothing changed.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn remove_without_io<Q>(&self, key: &Q) -> Option<bool>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        let removed = shard.remove_without_io(key, hash)?;
+        self.compact_when_due();
+        Some(removed)
+    }
+
+    /// The size limits of [`insert`](Self::insert), as it checks them.
+    #[cfg(feature = "tokio")]
+    fn check_size(&self, size: u64) -> Result<(), Error> {
+        if let Some(limit) = self.max_object_size.filter(|&l| size > l) {
+            return Err(Error::ObjectTooLarge {
+                size,
+                limit,
+                kind: LimitKind::Object,
+            });
+        }
+        if let Some(limit) = self.max_size.filter(|&l| size > l) {
+            return Err(Error::ObjectTooLarge {
+                size,
+                limit,
+                kind: LimitKind::Memory,
+            });
         }
         Ok(())
     }

@@ -53,6 +53,10 @@ mod model {
         pub(crate) fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
             self.0.try_write().ok()
         }
+        #[cfg(feature = "tokio")]
+        pub(crate) fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
+            self.0.try_read().ok()
+        }
     }
 
     #[derive(Default)]

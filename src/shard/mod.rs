@@ -12,6 +12,8 @@
 //! write guard that frees everything taken out after the lock is released.
 
 mod clean;
+#[cfg(feature = "tokio")]
+mod inline;
 mod state;
 
 use std::borrow::Borrow;
@@ -32,6 +34,8 @@ use crate::sync::{yield_now, RwLock};
 use crate::Location;
 
 pub(crate) use clean::Frontier;
+#[cfg(feature = "tokio")]
+pub(crate) use inline::Probe;
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
 

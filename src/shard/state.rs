@@ -299,9 +299,37 @@ impl<'a, K> WriteGuard<'a, K> {
     /// the hand passes the head it wraps around to the tail once: by then
     /// every entry has lost its mark (no hit can come in under the write
     /// lock), so each entry is passed at most twice and the walk ends.
-    pub(super) fn evict(&mut self, mut to_free: u64, keep: Option<SlotId>) -> Vec<Victim> {
-        let exact = self.shard.exact_lru;
+    pub(super) fn evict(&mut self, to_free: u64, keep: Option<SlotId>) -> Vec<Victim> {
         let mut victims = Vec::new();
+        self.clock_walk(to_free, keep, |guard, slot| {
+            victims.push(guard.begin_spill(slot));
+            true
+        });
+        victims
+    }
+
+    /// [`evict`](Self::evict) without writes: only values with an intact
+    /// disk copy leave (respill). The walk stops at the first victim that
+    /// would need a write and leaves it in place, so the victims that did
+    /// leave are exactly the ones `evict` would have taken first, and an
+    /// `evict` after it goes on from where this one stopped. Says whether
+    /// `to_free` bytes were freed.
+    #[cfg(feature = "tokio")]
+    pub(super) fn evict_without_writes(&mut self, to_free: u64, keep: Option<SlotId>) -> bool {
+        self.clock_walk(to_free, keep, |_, _| false) == 0
+    }
+
+    /// The victim walk of [`evict`](Self::evict): respills values with a
+    /// copy and hands the others to `write`, which begins their spill and
+    /// says true, or says false to end the walk with the victim untouched.
+    /// Returns the bytes still to free.
+    fn clock_walk(
+        &mut self,
+        mut to_free: u64,
+        keep: Option<SlotId>,
+        mut write: impl FnMut(&mut Self, SlotId) -> bool,
+    ) -> u64 {
+        let exact = self.shard.exact_lru;
         let mut cursor = self.state().slab.back();
         let mut wrapped = false;
         while to_free > 0 {
@@ -328,17 +356,19 @@ impl<'a, K> WriteGuard<'a, K> {
             let state = self.state();
             let payload = &state.entry(slot).payload;
             let len = payload.len();
-            let has_copy = matches!(payload, Payload::Resident { copy: Some(_), .. });
-            to_free = to_free.saturating_sub(len);
-            state.evictions.bytes += len;
-            if has_copy {
+            if matches!(payload, Payload::Resident { copy: Some(_), .. }) {
+                state.evictions.bytes += len;
                 self.respill(slot);
+            } else if write(self, slot) {
+                let evictions = &mut self.state().evictions;
+                evictions.bytes += len;
+                evictions.writes += 1;
             } else {
-                state.evictions.writes += 1;
-                victims.push(self.begin_spill(slot));
+                break;
             }
+            to_free = to_free.saturating_sub(len);
         }
-        victims
+        to_free
     }
 
     /// memory (with an intact copy) -> disk, without a write.

@@ -628,7 +628,10 @@ impl DirShared {
                     let mut due = self.due.lock();
                     // Each release past the batch size lands here until the
                     // spiller runs: list a segment once in a row.
-                    if due.last().is_none_or(|s| s.as_ptr() != Arc::as_ptr(segment)) {
+                    if due
+                        .last()
+                        .is_none_or(|s| s.as_ptr() != Arc::as_ptr(segment))
+                    {
                         due.push(Arc::downgrade(segment));
                     }
                     drop(due);
