@@ -19,9 +19,10 @@
 //! says how far the tail has moved towards the frontier since; the walk
 //! resumes there and covers only the difference. Removes and replaces in
 //! the window, and hits that move entries, make the count a guess; the
-//! first eviction that has to write (a sign the guess was wrong) or a
-//! frontier entry that is no longer where it was sends the next walk back
-//! to the tail. Each read-lock hold visits at most [`STEPS_PER_LOCK`]
+//! first eviction that has to write (a sign the guess was wrong), and a
+//! frontier entry that was replaced, removed, evicted or moved to the head
+//! (the eviction hand counts the moves of the one slot the shard publishes
+//! as the frontier), send the next walk back to the tail. Each read-lock hold visits at most [`STEPS_PER_LOCK`]
 //! entries, so writers never wait long behind the walk.
 
 use std::hash::Hash;
@@ -66,9 +67,10 @@ impl Frontier {
 
     /// Brings the count up to date with the evictions since the last walk.
     fn catch_up(&mut self, now: Evictions) {
-        if now.writes != self.seen.writes {
-            // An eviction had to write: the window was not as clean as
-            // counted. Recount from the tail.
+        if now.writes != self.seen.writes || now.frontier_moves != self.seen.frontier_moves {
+            // An eviction had to write (the window was not as clean as
+            // counted), or the frontier entry went to the head (the walk
+            // would go on from there): recount from the tail.
             self.restart();
         } else {
             self.behind = self.behind.saturating_sub(now.bytes - self.seen.bytes);
@@ -88,6 +90,15 @@ impl Frontier {
         };
         let same = value.as_ptr() as usize == addr && value.len() == len;
         (same && state.slab.is_linked(slot)).then(|| state.slab.prev_of(slot))
+    }
+}
+
+impl<K> Shard<K> {
+    /// The slot where the spiller's walk last stopped, or `SlotId::MAX`
+    /// when there is none: the eviction hand counts its moves to the head
+    /// (see [`Evictions::frontier_moves`]).
+    pub(super) fn frontier_slot(&self) -> SlotId {
+        SlotId::try_from(self.frontier_slot.load(Ordering::Relaxed)).unwrap_or(SlotId::MAX)
     }
 }
 
@@ -165,6 +176,7 @@ impl<K: Hash + Eq> Shard<K> {
                     unreachable!("linked entries are resident")
                 };
                 frontier.at = Some((slot, value.as_ptr() as usize, value.len()));
+                self.frontier_slot.store(u64::from(slot), Ordering::Relaxed);
                 if !self.exact_lru && state.slab.is_marked(slot) {
                     continue; // a second chance is coming, not an eviction
                 }

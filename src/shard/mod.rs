@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::lru::SlotId;
 use crate::spill::{Record, SpillDir};
 use crate::stats::{bump, Counters, Stats};
-use crate::sync::atomic::AtomicBool;
+use crate::sync::atomic::{AtomicBool, AtomicU64};
 use crate::sync::{yield_now, RwLock};
 use crate::Location;
 
@@ -85,6 +85,10 @@ pub(crate) struct Shard<K> {
     /// Set when the shard asks the spiller for a run, cleared when it
     /// starts one.
     clean_requested: AtomicBool,
+    /// The slot of the spiller's frontier entry (see [`clean`]), or
+    /// `u64::MAX`; written by the spiller under the read lock, read by the
+    /// eviction hand under the write lock.
+    frontier_slot: AtomicU64,
     hasher: ahash::RandomState,
     counters: Counters,
 }
@@ -106,6 +110,7 @@ where
             budget,
             window,
             clean_requested: AtomicBool::new(false),
+            frontier_slot: AtomicU64::new(u64::MAX),
             hasher,
             counters: Counters::default(),
         }

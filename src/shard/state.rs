@@ -148,6 +148,10 @@ pub(super) struct Evictions {
     pub(super) bytes: u64,
     /// Evictions that had to write (the value had no disk copy).
     pub(super) writes: u64,
+    /// Times the entry where the spiller's walk stopped went to the head
+    /// (a second chance, or a hit replayed in exact-LRU mode): the walk
+    /// cannot go on from there.
+    pub(super) frontier_moves: u64,
 }
 
 /// The per-state counters of a shard (see the table at the top).
@@ -222,7 +226,13 @@ impl<'a, K> WriteGuard<'a, K> {
         lock_tracking::taken();
         let state = self.state.insert(state);
         if self.shard.exact_lru {
-            self.shard.accesses.replay(|slot| state.slab.touch(slot));
+            let frontier = self.shard.frontier_slot();
+            self.shard.accesses.replay(|slot| {
+                if slot == frontier {
+                    state.evictions.frontier_moves += 1;
+                }
+                state.slab.touch(slot);
+            });
         }
     }
 
@@ -329,7 +339,8 @@ impl<'a, K> WriteGuard<'a, K> {
         keep: Option<SlotId>,
         mut write: impl FnMut(&mut Self, SlotId) -> bool,
     ) -> u64 {
-        let exact = self.shard.exact_lru;
+        let shard = self.shard;
+        let exact = shard.exact_lru;
         let mut cursor = self.state().slab.back();
         let mut wrapped = false;
         while to_free > 0 {
@@ -346,6 +357,9 @@ impl<'a, K> WriteGuard<'a, K> {
                 // It left the tail as surely as an evicted value.
                 let len = slab.get(slot).map_or(0, |e| e.payload.len());
                 state.evictions.bytes += len;
+                if slot == shard.frontier_slot() {
+                    state.evictions.frontier_moves += 1;
+                }
                 let slab = &state.slab;
                 if cursor.is_none() && !wrapped {
                     wrapped = true;
