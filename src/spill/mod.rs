@@ -68,8 +68,9 @@ use crate::error::Error;
 /// Name of the lock file inside the dump directory.
 pub(crate) const LOCK_FILE_NAME: &str = ".spillstore.lock";
 
-/// Records above this many batched bytes are written by separate calls.
-const MAX_COALESCED_WRITE: usize = 4 << 20;
+/// Records written by one vectored write, at most (two buffers each,
+/// within the kernel's `IOV_MAX` of 1024).
+const MAX_RECORDS_PER_WRITE: usize = 256;
 
 /// An open, locked dump directory.
 pub(crate) struct SpillDir {
@@ -411,37 +412,33 @@ impl SpillDir {
 
     fn write_leaving(&self, values: &[Bytes], headroom: u64) -> Result<Vec<Record>, Error> {
         let records = self.reserve(values, headroom)?;
-        let mut batch: Vec<u8> = Vec::new();
-        let mut batch_start: Option<(&Arc<Segment>, u64)> = None;
-        let flush = |batch: &mut Vec<u8>, start: Option<(&Arc<Segment>, u64)>| {
-            if let Some((segment, offset)) = start {
-                self.write_at(segment, batch, offset)?;
+        let headers: Vec<_> = records
+            .iter()
+            .zip(values)
+            .map(|(record, value)| record::header(record.place(), value))
+            .collect();
+        // Runs of records placed back to back in one segment go out in one
+        // vectored write each: headers and values straight from where they
+        // are, with no copy into a staging buffer.
+        let mut start = 0;
+        while start < records.len() {
+            let first = &records[start];
+            let mut end = start + 1;
+            let mut next_offset = first.offset() + HEADER_LEN + values[start].len() as u64;
+            while end < records.len()
+                && end - start < MAX_RECORDS_PER_WRITE
+                && Arc::ptr_eq(records[end].segment(), first.segment())
+                && records[end].offset() == next_offset
+            {
+                next_offset += HEADER_LEN + values[end].len() as u64;
+                end += 1;
             }
-            batch.clear();
-            Ok::<(), Error>(())
-        };
-        for (record, value) in records.iter().zip(values) {
-            let header = record::header(record.place(), value);
-            let record_len = header.len() + value.len();
-            let contiguous = batch_start.is_some_and(|(seg, start)| {
-                Arc::ptr_eq(seg, record.segment()) && start + batch.len() as u64 == record.offset()
-            });
-            if !contiguous || batch.len() + record_len > MAX_COALESCED_WRITE {
-                flush(&mut batch, batch_start.take())?;
-            }
-            if record_len > MAX_COALESCED_WRITE {
-                self.write_at(record.segment(), &header, record.offset())?;
-                let value_at = record.offset() + header.len() as u64;
-                self.write_at(record.segment(), value, value_at)?;
-                continue;
-            }
-            if batch_start.is_none() {
-                batch_start = Some((record.segment(), record.offset()));
-            }
-            batch.extend_from_slice(&header);
-            batch.extend_from_slice(value);
+            let buffers: Vec<&[u8]> = (start..end)
+                .flat_map(|i| [&headers[i][..], &values[i][..]])
+                .collect();
+            self.write_at(first.segment(), &buffers, first.offset())?;
+            start = end;
         }
-        flush(&mut batch, batch_start)?;
         Ok(records)
     }
 
@@ -449,7 +446,7 @@ impl SpillDir {
     /// punching every dead block not punched yet, then trying once more:
     /// after a disk-full error, removing values is all it takes for the next
     /// spill to succeed.
-    fn write_at(&self, segment: &Arc<Segment>, data: &[u8], offset: u64) -> Result<(), Error> {
+    fn write_at(&self, segment: &Arc<Segment>, data: &[&[u8]], offset: u64) -> Result<(), Error> {
         match segment.write_at(data, offset) {
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::StorageFull => {
                 self.shared.punch_all_dead_blocks();

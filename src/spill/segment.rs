@@ -302,11 +302,9 @@ impl Segment {
         }
     }
 
-    /// Writes `data` at `offset`.
-    pub(super) fn write_at(self: &Arc<Self>, data: &[u8], offset: u64) -> Result<(), Error> {
-        self.access(false)?
-            .file
-            .write_all_at(data, offset)
+    /// Writes the buffers of `data`, one after another, at `offset`.
+    pub(super) fn write_at(self: &Arc<Self>, data: &[&[u8]], offset: u64) -> Result<(), Error> {
+        sys::write_all_vectored_at(&self.access(false)?.file, data, offset)
             .map_err(|e| Error::io("writing spill file", &self.path, e))
     }
 
