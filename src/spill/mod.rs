@@ -42,6 +42,7 @@
 
 mod blocks;
 mod cache;
+mod cold;
 mod record;
 mod segment;
 mod sys;
@@ -117,6 +118,8 @@ pub(crate) struct DirShared {
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
     orphans: Orphans,
+    /// Whether records are read through mappings or with `pread` now.
+    reads: Arc<cold::ReadPolicy>,
 }
 
 /// The segment small records are currently appended to.
@@ -252,6 +255,7 @@ impl SpillDir {
                 compactions: AtomicU64::new(0),
                 compacted_bytes: AtomicU64::new(0),
                 orphans,
+                reads: Arc::default(),
             }),
             lock_file,
             lock_file_created,
