@@ -569,8 +569,7 @@ impl Segment {
         if was_cold {
             will_need(0);
         }
-        let (copied, sum, waited) =
-            cold::read_chunks(&map[range.clone()], copy, timed, will_need);
+        let (copied, sum, waited) = cold::read_chunks(&map[range.clone()], copy, timed, will_need);
         if timed && (waited || was_cold) {
             self.reads.saw(len, !waited);
         }

@@ -117,7 +117,10 @@ pub(super) fn pread_append(
         return Ok(0);
     }
     let Ok(offset) = libc::off_t::try_from(offset) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "offset too large",
+        ));
     };
     let iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
