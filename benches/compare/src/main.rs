@@ -5,6 +5,7 @@
 //! CARGO_TARGET_DIR=/work/target-compare cargo run --release -p spillstore-compare -- --help
 //! ```
 
+mod cold;
 mod foyer_peer;
 mod machine;
 mod moka_peer;
@@ -52,6 +53,17 @@ struct Cli {
     /// Value sizes for spill-reload (bytes; K/KiB and M/MiB suffixes allowed).
     #[arg(long, value_delimiter = ',', default_value = "1KiB,64KiB,1MiB", value_parser = parse_size)]
     spill_sizes: Vec<usize>,
+    /// Value sizes for cold-reload (same syntax as --spill-sizes).
+    #[arg(long, value_delimiter = ',', default_value = "64KiB,1MiB", value_parser = parse_size)]
+    cold_sizes: Vec<usize>,
+    /// Working set of cold-reload, in MiB: every key is read at most once
+    /// in a run, so this bounds the gets of all repetitions together.
+    #[arg(long, default_value_t = 1024)]
+    cold_working_set_mib: u64,
+    /// Most gets per repetition of a cold-reload cell (fewer if the working
+    /// set has too few keys for every repetition to read fresh ones).
+    #[arg(long, default_value_t = 2000)]
+    cold_gets: usize,
     /// Memory budget of every store, in MiB.
     #[arg(long, default_value_t = 64)]
     budget_mib: u64,
@@ -174,6 +186,16 @@ fn cells(cli: &Cli, budget: u64) -> Vec<CellSpec> {
                 .iter()
                 .map(|&s| (s, ((4 * budget) / s as u64).max(1) as usize))
                 .collect(),
+            Workload::ColdReload => cli
+                .cold_sizes
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        ((cli.cold_working_set_mib * MIB) / s as u64).max(1) as usize,
+                    )
+                })
+                .collect(),
         };
         for (value_size, n_keys) in shapes {
             for &threads in &cli.threads {
@@ -198,6 +220,10 @@ fn run_store(
 ) -> Result<StoreResult> {
     let store = store::build(peer, cfg)?;
     let preload = workload::preload(store.as_ref(), cell.keys, spec.value_size)?;
+    if spec.workload == Workload::ColdReload {
+        let reps = run_cold_reps(cli, store.as_ref(), spec, cell)?;
+        return Ok(summarize(peer, spec, preload, reps, store.notes()));
+    }
     let mut states = workload::thread_states(spec.threads);
     if cli.warmup > 0.0 {
         workload::run_window(
@@ -216,28 +242,82 @@ fn run_store(
             &mut states,
             Duration::from_secs_f64(cli.secs),
         )?;
-        let secs = elapsed.as_secs_f64();
-        let reloads = match (reloads_before, store.reloads()) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        reps.push(Rep {
-            counters: c,
-            secs,
-            ops_per_sec: (c.gets + c.inserts) as f64 / secs,
-            bytes_per_sec: (c.bytes_read + c.bytes_written) as f64 / secs,
-            hit_ratio: if c.gets == 0 {
-                f64::NAN
-            } else {
-                c.hits as f64 / c.gets as f64
-            },
-            reloads,
-            reload_bytes_per_sec: reloads.map(|n| (n * spec.value_size as u64) as f64 / secs),
-        });
+        reps.push(rep_of(
+            c,
+            elapsed,
+            reloads_before,
+            store.reloads(),
+            spec.value_size,
+        ));
     }
     let notes = store.notes();
     drop(store);
-    Ok(StoreResult {
+    Ok(summarize(peer, spec, preload, reps, notes))
+}
+
+/// The repetitions of a cold-reload cell: the page cache emptied before
+/// each, then gets of keys no repetition read before, in a random order
+/// that is the same for every store.
+fn run_cold_reps(
+    cli: &Cli,
+    store: &dyn store::Store,
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+) -> Result<Vec<Rep>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut perm: Vec<u32> = (0..spec.n_keys as u32).collect();
+    perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cli.seed));
+    let reps = cli.reps.max(1);
+    let per_rep = (spec.n_keys / reps).min(cli.cold_gets).max(1);
+    let mut out = Vec::new();
+    for r in 0..reps {
+        let range = (r * per_rep).min(perm.len())..((r + 1) * per_rep).min(perm.len());
+        cold::drop_caches()?;
+        let before = store.reloads();
+        let (c, elapsed) = cold::run_rep(store, cell, &perm, range, spec.threads)?;
+        out.push(rep_of(c, elapsed, before, store.reloads(), spec.value_size));
+    }
+    Ok(out)
+}
+
+/// One repetition's figures from its counters.
+fn rep_of(
+    c: Counters,
+    elapsed: Duration,
+    reloads_before: Option<u64>,
+    reloads_after: Option<u64>,
+    value_size: usize,
+) -> Rep {
+    let secs = elapsed.as_secs_f64();
+    let reloads = match (reloads_before, reloads_after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Rep {
+        counters: c,
+        secs,
+        ops_per_sec: (c.gets + c.inserts) as f64 / secs,
+        bytes_per_sec: (c.bytes_read + c.bytes_written) as f64 / secs,
+        hit_ratio: if c.gets == 0 {
+            f64::NAN
+        } else {
+            c.hits as f64 / c.gets as f64
+        },
+        reloads,
+        reload_bytes_per_sec: reloads.map(|n| (n * value_size as u64) as f64 / secs),
+    }
+}
+
+/// A cell's result: medians over its repetitions.
+fn summarize(
+    peer: Peer,
+    spec: &CellSpec,
+    preload: Duration,
+    reps: Vec<Rep>,
+    notes: String,
+) -> StoreResult {
+    StoreResult {
         cell: *spec,
         store: peer,
         preload_secs: preload.as_secs_f64(),
@@ -253,7 +333,7 @@ fn run_store(
         reps,
         notes,
         error: None,
-    })
+    }
 }
 
 fn size_label(bytes: usize) -> String {
@@ -443,6 +523,55 @@ fn print_reload_vs_limit(results: &[StoreResult], limits: Option<&Limits>) {
     println!();
 }
 
+/// The cold-reload cells: each store's reloads per second against the
+/// `pread` reference and foyer of the same cell.
+fn print_cold(results: &[StoreResult]) {
+    let cold: Vec<&StoreResult> = results
+        .iter()
+        .filter(|r| r.cell.workload == Workload::ColdReload && r.error.is_none())
+        .collect();
+    if cold.is_empty() {
+        return;
+    }
+    println!("## cold-reload: reloads per second against pread and foyer (same run, page cache dropped per repetition)");
+    println!();
+    println!("| value | thr | store | reloads/s | reload MB/s | per rep (reloads/s) | vs pread | vs foyer |");
+    println!("|---|---:|---|---:|---:|---|---:|---:|");
+    let rate =
+        |r: &StoreResult| r.reload_bytes_per_sec.unwrap_or(f64::NAN) / r.cell.value_size as f64;
+    let find = |spec: &CellSpec, peer: Peer| {
+        cold.iter().find(|b| {
+            b.store == peer
+                && b.cell.value_size == spec.value_size
+                && b.cell.threads == spec.threads
+        })
+    };
+    for r in &cold {
+        let ratio = |peer| {
+            find(&r.cell, peer).map_or("-".to_owned(), |b| format!("{:.2}x", rate(r) / rate(b)))
+        };
+        let per_rep: Vec<String> = r
+            .reps
+            .iter()
+            .map(|p| {
+                human_ops(p.reload_bytes_per_sec.unwrap_or(f64::NAN) / r.cell.value_size as f64)
+            })
+            .collect();
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            size_label(r.cell.value_size),
+            r.cell.threads,
+            r.store.name(),
+            human_ops(rate(r)),
+            r.reload_bytes_per_sec.unwrap_or(f64::NAN) / 1e6,
+            per_rep.join(", "),
+            ratio(Peer::Pread),
+            ratio(Peer::Foyer),
+        );
+    }
+    println!();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.threads.is_empty() || cli.threads.contains(&0) {
@@ -452,13 +581,18 @@ fn main() -> Result<()> {
         bail!("--secs must be positive, --warmup and --limit-secs non-negative");
     }
     let budget = cli.budget_mib * MIB;
-    let peers = if cli.peers.is_empty() {
-        Peer::ALL.to_vec()
-    } else {
-        let mut p = cli.peers.clone();
-        p.sort();
-        p.dedup();
-        p
+    let peers_of = |w: Workload| -> Vec<Peer> {
+        if cli.peers.is_empty() {
+            match w {
+                Workload::ColdReload => Peer::COLD.to_vec(),
+                _ => Peer::ALL.to_vec(),
+            }
+        } else {
+            let mut p = cli.peers.clone();
+            p.sort();
+            p.dedup();
+            p
+        }
     };
 
     // Fresh space for this run's dump directories.
@@ -502,7 +636,7 @@ fn main() -> Result<()> {
             seqs: &seqs,
             read_all: cli.read_all,
         };
-        for &peer in &peers {
+        for peer in peers_of(spec.workload) {
             let dir = root.join(format!(
                 "{ci:02}-{}-{}-t{}-{}",
                 spec.workload.name(),
@@ -555,6 +689,7 @@ fn main() -> Result<()> {
 
     print_table(&results);
     print_reload_vs_limit(&results, limits.as_ref());
+    print_cold(&results);
 
     if let Some(path) = &cli.json {
         let report = Report {

@@ -1,0 +1,147 @@
+//! The cold spill-reload workload: a working set far larger than the memory
+//! budget, read back with the page cache emptied first, each key at most
+//! once, so every reload reads the disk; and a plain `pread` of a file as
+//! the reference a reload should match.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+
+use crate::store::{Store, StoreConfig};
+use crate::workload::{check_value, Cell, Counters};
+
+/// Empties the machine's page cache: `sync`, then `drop_caches` (root
+/// only). Pages a process has mapped stay cached.
+pub fn drop_caches() -> Result<()> {
+    let status = std::process::Command::new("sync")
+        .status()
+        .context("running sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .context("cold-reload needs root: writing /proc/sys/vm/drop_caches")
+}
+
+/// One timed repetition: `threads` threads get the keys `perm[from..to]`,
+/// each once (a shared cursor hands them out), checking every value.
+pub fn run_rep(
+    store: &dyn Store,
+    cell: &Cell<'_>,
+    perm: &[u32],
+    range: std::ops::Range<usize>,
+    threads: usize,
+) -> Result<(Counters, Duration)> {
+    let cursor = AtomicUsize::new(range.start);
+    let t0 = Instant::now();
+    let results: Vec<Result<Counters>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = Counters::default();
+                    loop {
+                        let i = cursor.fetch_add(1, Ordering::Relaxed);
+                        if i >= range.end {
+                            return Ok(c);
+                        }
+                        let idx = perm[i] as usize;
+                        c.gets += 1;
+                        if let Some(v) = store.get(&cell.keys[idx])? {
+                            c.hits += 1;
+                            c.bytes_read += v.len() as u64;
+                            if !check_value(idx as u64, cell.value_size, &v) {
+                                c.corrupt += 1;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("worker panicked"))))
+            .collect()
+    });
+    let elapsed = t0.elapsed();
+    let mut total = Counters::default();
+    for r in results {
+        total.add(&r?);
+    }
+    Ok((total, elapsed))
+}
+
+/// The reference: every value at `index * value_size` of one plain file,
+/// read back with one `pread` into a new buffer. No memory budget, no
+/// checksum: what the disk and the kernel give.
+pub struct PreadFile {
+    file: File,
+    value_size: u64,
+    index: RwLock<HashMap<String, u64>>,
+    reads: AtomicU64,
+}
+
+impl PreadFile {
+    pub fn new(cfg: &StoreConfig) -> Result<Self> {
+        let path = cfg.dir.join("values.bin");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            file,
+            value_size: cfg.value_size as u64,
+            index: RwLock::new(HashMap::with_capacity(cfg.n_keys)),
+            reads: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Store for PreadFile {
+    fn insert(&self, key: &str, value: Bytes) -> Result<()> {
+        if value.len() as u64 != self.value_size {
+            bail!("pread: values must all be {} bytes", self.value_size);
+        }
+        let mut index = self.index.write().map_err(|_| anyhow!("pread: poisoned"))?;
+        let next = index.len() as u64;
+        let slot = *index.entry(key.to_owned()).or_insert(next);
+        self.file
+            .write_all_at(&value, slot * self.value_size)
+            .context("pread: writing")
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let slot = {
+            let index = self.index.read().map_err(|_| anyhow!("pread: poisoned"))?;
+            match index.get(key) {
+                Some(&slot) => slot,
+                None => return Ok(None),
+            }
+        };
+        let mut buf = vec![0u8; self.value_size as usize];
+        self.file
+            .read_exact_at(&mut buf, slot * self.value_size)
+            .context("pread: reading")?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    fn settle(&self) -> Result<()> {
+        self.file.sync_data().context("pread: syncing")
+    }
+
+    fn reloads(&self) -> Option<u64> {
+        Some(self.reads.load(Ordering::Relaxed))
+    }
+
+    fn notes(&self) -> String {
+        "reference: one pread per get into a new buffer, no cache, no checksum".to_owned()
+    }
+}
