@@ -220,10 +220,6 @@ fn run_store(
 ) -> Result<StoreResult> {
     let store = store::build(peer, cfg)?;
     let preload = workload::preload(store.as_ref(), cell.keys, spec.value_size)?;
-    if spec.workload == Workload::ColdReload {
-        let reps = run_cold_reps(cli, store.as_ref(), spec, cell)?;
-        return Ok(summarize(peer, spec, preload, reps, store.notes()));
-    }
     let mut states = workload::thread_states(spec.threads);
     if cli.warmup > 0.0 {
         workload::run_window(
@@ -255,30 +251,131 @@ fn run_store(
     Ok(summarize(peer, spec, preload, reps, notes))
 }
 
-/// The repetitions of a cold-reload cell: the page cache emptied before
-/// each, then gets of keys no repetition read before, in a random order
-/// that is the same for every store.
-fn run_cold_reps(
-    cli: &Cli,
-    store: &dyn store::Store,
+/// A store of a cold-reload cell, preloaded, with its directory.
+struct ColdPeer {
+    peer: Peer,
+    dir: PathBuf,
+    store: Result<(Box<dyn store::Store>, Duration)>,
+    reps: Vec<Rep>,
+    error: Option<String>,
+}
+
+/// Builds and preloads every peer of a cold-reload cell, each in its own
+/// directory under `root`.
+fn preload_cold_peers(
     spec: &CellSpec,
     cell: &Cell<'_>,
-) -> Result<Vec<Rep>> {
+    peers: &[Peer],
+    dirs: impl Fn(Peer) -> PathBuf,
+    budget: u64,
+) -> Result<Vec<ColdPeer>> {
+    let mut out = Vec::new();
+    for &peer in peers {
+        let dir = dirs(peer);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cfg = StoreConfig {
+            budget,
+            value_size: spec.value_size,
+            n_keys: spec.n_keys,
+            dir: dir.clone(),
+        };
+        eprintln!(
+            "preloading {} on {} ...",
+            size_label(spec.value_size),
+            peer.name()
+        );
+        let store = store::build(peer, &cfg).and_then(|s| {
+            let took = workload::preload(s.as_ref(), cell.keys, spec.value_size)?;
+            Ok((s, took))
+        });
+        out.push(ColdPeer {
+            peer,
+            dir,
+            store,
+            reps: Vec::new(),
+            error: None,
+        });
+    }
+    Ok(out)
+}
+
+/// A cold-reload cell: all peers preloaded side by side, then repetitions
+/// in which every peer takes its turn (the first one rotating), each with
+/// the page cache emptied first and reading keys no repetition read before,
+/// in a random order that is the same for every peer. Taking turns spreads
+/// the disk's ups and downs over all peers alike.
+fn run_cold_cell(
+    cli: &Cli,
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+    mut peers: Vec<ColdPeer>,
+) -> Result<Vec<StoreResult>> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let mut perm: Vec<u32> = (0..spec.n_keys as u32).collect();
     perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cli.seed));
     let reps = cli.reps.max(1);
     let per_rep = (spec.n_keys / reps).min(cli.cold_gets).max(1);
-    let mut out = Vec::new();
+    let n = peers.len();
     for r in 0..reps {
         let range = (r * per_rep).min(perm.len())..((r + 1) * per_rep).min(perm.len());
-        cold::drop_caches()?;
-        let before = store.reloads();
-        let (c, elapsed) = cold::run_rep(store, cell, &perm, range, spec.threads)?;
-        out.push(rep_of(c, elapsed, before, store.reloads(), spec.value_size));
+        for k in 0..n {
+            let p = &mut peers[(k + r) % n];
+            let Ok((store, _)) = &p.store else { continue };
+            if p.error.is_some() {
+                continue;
+            }
+            eprintln!(
+                "running cold-reload {} thr={} rep {r} on {} ...",
+                size_label(spec.value_size),
+                spec.threads,
+                p.peer.name()
+            );
+            cold::drop_caches()?;
+            let before = store.reloads();
+            match cold::run_rep(store.as_ref(), cell, &perm, range.clone(), spec.threads) {
+                Ok((c, took)) => {
+                    p.reps
+                        .push(rep_of(c, took, before, store.reloads(), spec.value_size))
+                }
+                Err(e) => p.error = Some(format!("{e:#}")),
+            }
+        }
     }
-    Ok(out)
+    Ok(peers
+        .into_iter()
+        .map(|p| {
+            let result = match p.store {
+                Ok((store, preload)) => {
+                    let mut r = summarize(p.peer, spec, preload, p.reps, store.notes());
+                    r.error = p.error;
+                    r
+                }
+                Err(e) => error_result(p.peer, spec, &e),
+            };
+            if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+                eprintln!("warning: removing {}: {e}", p.dir.display());
+            }
+            result
+        })
+        .collect())
+}
+
+/// The result of a cell a store could not run.
+fn error_result(peer: Peer, spec: &CellSpec, e: &anyhow::Error) -> StoreResult {
+    StoreResult {
+        cell: *spec,
+        store: peer,
+        preload_secs: f64::NAN,
+        reps: Vec::new(),
+        ops_per_sec: f64::NAN,
+        bytes_per_sec: f64::NAN,
+        hit_ratio: f64::NAN,
+        reload_bytes_per_sec: None,
+        corrupt: 0,
+        notes: String::new(),
+        error: Some(format!("{e:#}")),
+    }
 }
 
 /// One repetition's figures from its counters.
@@ -636,6 +733,19 @@ fn main() -> Result<()> {
             seqs: &seqs,
             read_all: cli.read_all,
         };
+        if spec.workload == Workload::ColdReload {
+            let dirs = |peer: Peer| {
+                root.join(format!(
+                    "{ci:02}-cold-{}-t{}-{}",
+                    spec.value_size,
+                    spec.threads,
+                    peer.name()
+                ))
+            };
+            let peers = preload_cold_peers(spec, &cell, &peers_of(spec.workload), dirs, budget)?;
+            results.extend(run_cold_cell(&cli, spec, &cell, peers)?);
+            continue;
+        }
         for peer in peers_of(spec.workload) {
             let dir = root.join(format!(
                 "{ci:02}-{}-{}-t{}-{}",
@@ -659,19 +769,8 @@ fn main() -> Result<()> {
                 spec.threads,
                 peer.name()
             );
-            let result = run_store(&cli, peer, spec, &cell, &cfg).unwrap_or_else(|e| StoreResult {
-                cell: *spec,
-                store: peer,
-                preload_secs: f64::NAN,
-                reps: Vec::new(),
-                ops_per_sec: f64::NAN,
-                bytes_per_sec: f64::NAN,
-                hit_ratio: f64::NAN,
-                reload_bytes_per_sec: None,
-                corrupt: 0,
-                notes: String::new(),
-                error: Some(format!("{e:#}")),
-            });
+            let result = run_store(&cli, peer, spec, &cell, &cfg)
+                .unwrap_or_else(|e| error_result(peer, spec, &e));
             if result.corrupt > 0 {
                 eprintln!(
                     "ERROR: {} returned {} corrupt values",
