@@ -968,6 +968,23 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
     })
 }
 
+/// With `--cold`, evicts the dump dir's pages if the next eviction is due
+/// `elapsed` into a mixed phase of `duration` (the first one at once).
+fn evict_if_due(
+    cold: &mut Option<ColdRun>,
+    dir: &Path,
+    elapsed: Duration,
+    duration: Duration,
+) -> Result<(), String> {
+    let Some(c) = cold else { return Ok(()) };
+    let due = c.evictions as f64 * c.every;
+    if elapsed.as_secs_f64() >= due && (elapsed < duration || c.evictions == 0) {
+        c.method = Some(cold::evict(dir)?.name());
+        c.evictions += 1;
+    }
+    Ok(())
+}
+
 /// The mixed phase: Zipf gets and replacements for `--secs`. With `--cold`,
 /// the dump dir's pages are evicted from the page cache before it starts
 /// and every `--cold-every` seconds while it runs (by the sampling thread).
@@ -986,16 +1003,9 @@ fn mixed_phase(
         method: None,
         evictions: 0,
     });
-    let evict = |cold: &mut ColdRun| -> Result<(), String> {
-        cold.method = Some(cold::evict(&dump_dir)?.name());
-        cold.evictions += 1;
-        Ok(())
-    };
-    if let Some(c) = &mut cold {
-        evict(c).map_err(Failure::Store)?;
-    }
-    peaks.in_mixed = true;
     let duration = Duration::from_secs_f64(params.secs);
+    evict_if_due(&mut cold, &dump_dir, Duration::ZERO, duration).map_err(Failure::Store)?;
+    peaks.in_mixed = true;
     let bar = progress_bar(duration.as_millis() as u64, "mixed", TIME_TEMPLATE);
     let before = Counters::of(&bench.store.stats());
     let start = Instant::now();
@@ -1006,11 +1016,8 @@ fn mixed_phase(
         peaks,
         |b| {
             let elapsed = start.elapsed();
-            if let Some(c) = &mut cold {
-                let due = c.evictions as f64 * c.every;
-                if elapsed.as_secs_f64() >= due && elapsed < duration && evict_error.is_none() {
-                    evict_error = evict(c).err();
-                }
+            if evict_error.is_none() {
+                evict_error = evict_if_due(&mut cold, &dump_dir, elapsed, duration).err();
             }
             bar.set_position(elapsed.as_millis() as u64);
             let ops = b.progress.load(Ordering::Relaxed);

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -27,6 +28,50 @@ pub fn drop_caches() -> Result<()> {
     }
     std::fs::write("/proc/sys/vm/drop_caches", "3")
         .context("cold-reload needs root: writing /proc/sys/vm/drop_caches")
+}
+
+/// What one repetition took from the disk: bytes this process had read
+/// from storage (`read_bytes` of /proc/self/io, which counts reads the
+/// kernel submitted for it, page faults and readahead included) and read
+/// requests the dump dir's block device completed (the whole machine's).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct DiskReads {
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+impl DiskReads {
+    /// The counters now, for the device holding `dir`; zeros for what
+    /// cannot be read.
+    pub fn now(dir: &Path) -> Self {
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("read_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let dev = std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0);
+        // Linux's encoding of a dev_t: major in bits 8..20 and 32.., minor in
+        // bits 0..8 and 20..32.
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat"))
+            .unwrap_or_default();
+        let requests = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        DiskReads { bytes, requests }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: DiskReads) -> DiskReads {
+        DiskReads {
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            requests: self.requests.saturating_sub(earlier.requests),
+        }
+    }
 }
 
 /// One timed repetition: `threads` threads get the keys `perm[from..to]`,

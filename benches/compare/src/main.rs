@@ -128,6 +128,8 @@ struct Rep {
     /// Values read back from disk in this window (stores with a disk only).
     reloads: Option<u64>,
     reload_bytes_per_sec: Option<f64>,
+    /// What a cold-reload repetition read from the disk.
+    disk: Option<cold::DiskReads>,
 }
 
 #[derive(Debug, Serialize)]
@@ -333,10 +335,12 @@ fn run_cold_cell(
             );
             cold::drop_caches()?;
             let before = store.reloads();
+            let disk = cold::DiskReads::now(&p.dir);
             match cold::run_rep(store.as_ref(), cell, &perm, range.clone(), spec.threads) {
                 Ok((c, took)) => {
-                    p.reps
-                        .push(rep_of(c, took, before, store.reloads(), spec.value_size))
+                    let mut rep = rep_of(c, took, before, store.reloads(), spec.value_size);
+                    rep.disk = Some(cold::DiskReads::now(&p.dir).since(disk));
+                    p.reps.push(rep);
                 }
                 Err(e) => p.error = Some(format!("{e:#}")),
             }
@@ -403,6 +407,7 @@ fn rep_of(
         },
         reloads,
         reload_bytes_per_sec: reloads.map(|n| (n * value_size as u64) as f64 / secs),
+        disk: None,
     }
 }
 
@@ -620,8 +625,28 @@ fn print_reload_vs_limit(results: &[StoreResult], limits: Option<&Limits>) {
     println!();
 }
 
+/// Reloads per second of one repetition.
+fn reload_rate(r: &Rep, value_size: usize) -> f64 {
+    r.reload_bytes_per_sec.unwrap_or(f64::NAN) / value_size as f64
+}
+
+/// The median over the repetitions of `r`'s reload rate divided by that of
+/// `base` in the same repetition (they took turns, so drifts of the disk
+/// cancel out in each pair).
+fn paired_ratio(r: &StoreResult, base: &StoreResult) -> f64 {
+    let size = r.cell.value_size;
+    median(
+        r.reps
+            .iter()
+            .zip(&base.reps)
+            .map(|(a, b)| reload_rate(a, size) / reload_rate(b, size))
+            .collect(),
+    )
+}
+
 /// The cold-reload cells: each store's reloads per second against the
-/// `pread` reference and foyer of the same cell.
+/// `pread` reference and foyer of the same cell, and what it read per
+/// reload from the disk.
 fn print_cold(results: &[StoreResult]) {
     let cold: Vec<&StoreResult> = results
         .iter()
@@ -630,40 +655,45 @@ fn print_cold(results: &[StoreResult]) {
     if cold.is_empty() {
         return;
     }
-    println!("## cold-reload: reloads per second against pread and foyer (same run, page cache dropped per repetition)");
+    println!("## cold-reload: reloads against pread and foyer (same run, taking turns, page cache dropped before each turn)");
     println!();
-    println!("| value | thr | store | reloads/s | reload MB/s | per rep (reloads/s) | vs pread | vs foyer |");
-    println!("|---|---:|---|---:|---:|---|---:|---:|");
-    let rate =
-        |r: &StoreResult| r.reload_bytes_per_sec.unwrap_or(f64::NAN) / r.cell.value_size as f64;
-    let find = |spec: &CellSpec, peer: Peer| {
-        cold.iter().find(|b| {
-            b.store == peer
-                && b.cell.value_size == spec.value_size
-                && b.cell.threads == spec.threads
-        })
-    };
+    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine).");
+    println!();
+    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload |");
+    println!("|---|---:|---|---:|---|---:|---:|---:|---:|");
     for r in &cold {
+        let size = r.cell.value_size;
         let ratio = |peer| {
-            find(&r.cell, peer).map_or("-".to_owned(), |b| format!("{:.2}x", rate(r) / rate(b)))
+            cold.iter()
+                .find(|b| {
+                    b.store == peer && b.cell.value_size == size && b.cell.threads == r.cell.threads
+                })
+                .map_or("-".to_owned(), |b| format!("{:.2}x", paired_ratio(r, b)))
         };
         let per_rep: Vec<String> = r
             .reps
             .iter()
-            .map(|p| {
-                human_ops(p.reload_bytes_per_sec.unwrap_or(f64::NAN) / r.cell.value_size as f64)
-            })
+            .map(|p| human_ops(reload_rate(p, size)))
             .collect();
+        let per_reload = |f: fn(&cold::DiskReads) -> u64| {
+            median(
+                r.reps
+                    .iter()
+                    .filter_map(|p| Some(f(p.disk.as_ref()?) as f64 / p.reloads? as f64))
+                    .collect(),
+            )
+        };
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
-            size_label(r.cell.value_size),
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} |",
+            size_label(size),
             r.cell.threads,
             r.store.name(),
-            human_ops(rate(r)),
-            r.reload_bytes_per_sec.unwrap_or(f64::NAN) / 1e6,
+            human_ops(r.reload_bytes_per_sec.unwrap_or(f64::NAN) / size as f64),
             per_rep.join(", "),
             ratio(Peer::Pread),
             ratio(Peer::Foyer),
+            per_reload(|d| d.bytes) / 1024.0,
+            per_reload(|d| d.requests),
         );
     }
     println!();
