@@ -114,6 +114,7 @@ impl Segment {
             e
         };
         let meta = file.metadata().map_err(remove)?;
+        sys::advise_random(&file);
         // A sparse file: blocks are allocated only as records are written, so a
         // full disk surfaces as a failed write, never as a fault in a mapping.
         file.set_len(size).map_err(remove)?;
@@ -383,6 +384,7 @@ impl Segment {
         {
             return Err(corrupted("the spill file's header was altered"));
         }
+        sys::advise_random(&file);
         Ok(file)
     }
 

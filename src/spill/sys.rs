@@ -71,6 +71,26 @@ pub(super) fn punch_hole(_file: &File, _range: Range<u64>) -> io::Result<()> {
     ))
 }
 
+/// Tells the kernel that `file` is read at random
+/// (`posix_fadvise(POSIX_FADV_RANDOM)`): a `pread` then reads the pages
+/// asked for and no more. Records are read whole, one call each, in no
+/// order; without this, a read that continues one the page cache partly
+/// served (neighbouring records share a page) looks sequential, and the
+/// kernel reads ahead of it, past the record: 40% more bytes than asked
+/// for 1 MiB values, measured. Advice only: errors are ignored.
+#[cfg(all(target_os = "linux", not(miri)))]
+pub(super) fn advise_random(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `posix_fadvise` takes a descriptor and integers and touches
+    // no memory of ours; the descriptor belongs to `file`, borrowed for the
+    // whole call. The advice changes only how the kernel reads ahead.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+}
+
+/// Elsewhere (and under Miri), nothing to advise.
+#[cfg(any(miri, not(target_os = "linux")))]
+pub(super) fn advise_random(_file: &File) {}
+
 /// The soft limit on open descriptors of this process (`RLIMIT_NOFILE`),
 /// if it can be read and is finite.
 #[cfg(not(miri))]
