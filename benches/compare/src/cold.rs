@@ -38,6 +38,8 @@ pub fn drop_caches() -> Result<()> {
 pub struct DiskReads {
     pub bytes: u64,
     pub requests: u64,
+    /// Nanoseconds the worker threads ran on a CPU (their schedstat).
+    pub cpu_ns: u64,
 }
 
 impl DiskReads {
@@ -62,7 +64,11 @@ impl DiskReads {
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        DiskReads { bytes, requests }
+        DiskReads {
+            bytes,
+            requests,
+            cpu_ns: 0,
+        }
     }
 
     /// What happened between `earlier` and `self`.
@@ -70,8 +76,17 @@ impl DiskReads {
         DiskReads {
             bytes: self.bytes.saturating_sub(earlier.bytes),
             requests: self.requests.saturating_sub(earlier.requests),
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
         }
     }
+}
+
+/// Nanoseconds the calling thread has run on a CPU (0 if unknown).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One timed repetition: `threads` threads get the keys `perm[from..to]`,
@@ -82,7 +97,8 @@ pub fn run_rep(
     perm: &[u32],
     range: std::ops::Range<usize>,
     threads: usize,
-) -> Result<(Counters, Duration)> {
+) -> Result<(Counters, Duration, u64)> {
+    let cpu_ns = AtomicU64::new(0);
     let cursor = AtomicUsize::new(range.start);
     let t0 = Instant::now();
     let results: Vec<Result<Counters>> = std::thread::scope(|s| {
@@ -90,9 +106,12 @@ pub fn run_rep(
             .map(|_| {
                 s.spawn(|| {
                     let mut c = Counters::default();
+                    let cpu_before = thread_cpu_ns();
                     loop {
                         let i = cursor.fetch_add(1, Ordering::Relaxed);
                         if i >= range.end {
+                            let ran = thread_cpu_ns().saturating_sub(cpu_before);
+                            cpu_ns.fetch_add(ran, Ordering::Relaxed);
                             return Ok(c);
                         }
                         let idx = perm[i] as usize;
@@ -118,7 +137,7 @@ pub fn run_rep(
     for r in results {
         total.add(&r?);
     }
-    Ok((total, elapsed))
+    Ok((total, elapsed, cpu_ns.into_inner()))
 }
 
 /// The reference: every value at `index * value_size` of one plain file,

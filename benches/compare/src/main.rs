@@ -337,9 +337,11 @@ fn run_cold_cell(
             let before = store.reloads();
             let disk = cold::DiskReads::now(&p.dir);
             match cold::run_rep(store.as_ref(), cell, &perm, range.clone(), spec.threads) {
-                Ok((c, took)) => {
+                Ok((c, took, cpu_ns)) => {
                     let mut rep = rep_of(c, took, before, store.reloads(), spec.value_size);
-                    rep.disk = Some(cold::DiskReads::now(&p.dir).since(disk));
+                    let mut read = cold::DiskReads::now(&p.dir).since(disk);
+                    read.cpu_ns = cpu_ns;
+                    rep.disk = Some(read);
                     p.reps.push(rep);
                 }
                 Err(e) => p.error = Some(format!("{e:#}")),
@@ -657,10 +659,10 @@ fn print_cold(results: &[StoreResult]) {
     }
     println!("## cold-reload: reloads against pread and foyer (same run, taking turns, page cache dropped before each turn)");
     println!();
-    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine).");
+    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine); CPU: the worker threads' time on a CPU.");
     println!();
-    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload |");
-    println!("|---|---:|---|---:|---|---:|---:|---:|---:|");
+    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload | CPU µs / reload |");
+    println!("|---|---:|---|---:|---|---:|---:|---:|---:|---:|");
     for r in &cold {
         let size = r.cell.value_size;
         let ratio = |peer| {
@@ -684,7 +686,7 @@ fn print_cold(results: &[StoreResult]) {
             )
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} |",
             size_label(size),
             r.cell.threads,
             r.store.name(),
@@ -694,6 +696,7 @@ fn print_cold(results: &[StoreResult]) {
             ratio(Peer::Foyer),
             per_reload(|d| d.bytes) / 1024.0,
             per_reload(|d| d.requests),
+            per_reload(|d| d.cpu_ns) / 1000.0,
         );
     }
     println!();
