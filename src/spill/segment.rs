@@ -4,9 +4,10 @@
 //! In a shared segment, records and readers in flight hold its blocks (see
 //! [`super::blocks`]); blocks nobody holds are punched, in batches, with the
 //! segment's mapping dropped first. Records are read through the file's
-//! mapping; values from shared segments are copied out, and only a file of
-//! one large record (never punched, only deleted whole) hands its value out
-//! as a slice of the mapping.
+//! mapping, or with `pread` while the files are out of the page cache (see
+//! [`super::cold`]); values from shared segments are copied out, and only a
+//! file of one large record (never punched, only deleted whole) hands its
+//! value out as a slice of the mapping.
 //!
 //! This module holds the mapping, the only `unsafe` code of the crate
 //! besides the system calls in [`super::sys`].
