@@ -40,6 +40,8 @@ pub struct DiskReads {
     pub requests: u64,
     /// Nanoseconds the worker threads ran on a CPU (their schedstat).
     pub cpu_ns: u64,
+    /// Minor page faults the worker threads took (fresh buffers).
+    pub minor_faults: u64,
 }
 
 impl DiskReads {
@@ -68,6 +70,7 @@ impl DiskReads {
             bytes,
             requests,
             cpu_ns: 0,
+            minor_faults: 0,
         }
     }
 
@@ -77,16 +80,31 @@ impl DiskReads {
             bytes: self.bytes.saturating_sub(earlier.bytes),
             requests: self.requests.saturating_sub(earlier.requests),
             cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
         }
     }
 }
 
-/// Nanoseconds the calling thread has run on a CPU (0 if unknown).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+/// Nanoseconds the calling thread has run on a CPU, and its minor page
+/// faults (zeros if unknown).
+fn thread_usage() -> (u64, u64) {
+    let cpu = std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    // minflt is the 8th field after the command name's closing parenthesis.
+    let faults = std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(7)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    (cpu, faults)
 }
 
 /// One timed repetition: `threads` threads get the keys `perm[from..to]`,
@@ -97,8 +115,9 @@ pub fn run_rep(
     perm: &[u32],
     range: std::ops::Range<usize>,
     threads: usize,
-) -> Result<(Counters, Duration, u64)> {
+) -> Result<(Counters, Duration, (u64, u64))> {
     let cpu_ns = AtomicU64::new(0);
+    let faults = AtomicU64::new(0);
     let cursor = AtomicUsize::new(range.start);
     let t0 = Instant::now();
     let results: Vec<Result<Counters>> = std::thread::scope(|s| {
@@ -106,12 +125,13 @@ pub fn run_rep(
             .map(|_| {
                 s.spawn(|| {
                     let mut c = Counters::default();
-                    let cpu_before = thread_cpu_ns();
+                    let before = thread_usage();
                     loop {
                         let i = cursor.fetch_add(1, Ordering::Relaxed);
                         if i >= range.end {
-                            let ran = thread_cpu_ns().saturating_sub(cpu_before);
-                            cpu_ns.fetch_add(ran, Ordering::Relaxed);
+                            let after = thread_usage();
+                            cpu_ns.fetch_add(after.0.saturating_sub(before.0), Ordering::Relaxed);
+                            faults.fetch_add(after.1.saturating_sub(before.1), Ordering::Relaxed);
                             return Ok(c);
                         }
                         let idx = perm[i] as usize;
@@ -137,7 +157,7 @@ pub fn run_rep(
     for r in results {
         total.add(&r?);
     }
-    Ok((total, elapsed, cpu_ns.into_inner()))
+    Ok((total, elapsed, (cpu_ns.into_inner(), faults.into_inner())))
 }
 
 /// The reference: every value at `index * value_size` of one plain file,

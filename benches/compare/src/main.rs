@@ -337,10 +337,11 @@ fn run_cold_cell(
             let before = store.reloads();
             let disk = cold::DiskReads::now(&p.dir);
             match cold::run_rep(store.as_ref(), cell, &perm, range.clone(), spec.threads) {
-                Ok((c, took, cpu_ns)) => {
+                Ok((c, took, (cpu_ns, faults))) => {
                     let mut rep = rep_of(c, took, before, store.reloads(), spec.value_size);
                     let mut read = cold::DiskReads::now(&p.dir).since(disk);
                     read.cpu_ns = cpu_ns;
+                    read.minor_faults = faults;
                     rep.disk = Some(read);
                     p.reps.push(rep);
                 }
@@ -659,10 +660,10 @@ fn print_cold(results: &[StoreResult]) {
     }
     println!("## cold-reload: reloads against pread and foyer (same run, taking turns, page cache dropped before each turn)");
     println!();
-    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine); CPU: the worker threads' time on a CPU.");
+    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine); CPU and faults: the worker threads' time on a CPU and minor page faults.");
     println!();
-    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload | CPU µs / reload |");
-    println!("|---|---:|---|---:|---|---:|---:|---:|---:|---:|");
+    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload | CPU µs / reload | faults / reload |");
+    println!("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &cold {
         let size = r.cell.value_size;
         let ratio = |peer| {
@@ -686,7 +687,7 @@ fn print_cold(results: &[StoreResult]) {
             )
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} |",
             size_label(size),
             r.cell.threads,
             r.store.name(),
@@ -697,6 +698,7 @@ fn print_cold(results: &[StoreResult]) {
             per_reload(|d| d.bytes) / 1024.0,
             per_reload(|d| d.requests),
             per_reload(|d| d.cpu_ns) / 1000.0,
+            per_reload(|d| d.minor_faults),
         );
     }
     println!();
