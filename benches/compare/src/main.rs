@@ -4,6 +4,11 @@
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-compare cargo run --release -p spillstore-compare -- --help
 //! ```
+//!
+//! `--workload cold-reload` (not in the default set; needs root for
+//! `drop_caches`) reads spilled values back with the page cache emptied,
+//! against foyer, the naive port and a plain `pread` of a file (see
+//! `cold.rs`).
 
 mod cold;
 mod foyer_peer;
