@@ -83,6 +83,15 @@
 //! * **write amp**: bytes written to spill files (spills, copies cleaned
 //!   ahead and compaction) per byte inserted, per phase.
 //!
+//! With `--cold`, the dump dir's pages are evicted from the page cache after
+//! the load phase and every `--cold-every` seconds of the mixed phase (as
+//! root with `sync` and `drop_caches`, which empties the whole machine's
+//! page cache; otherwise with `posix_fadvise(DONTNEED)` on the spill files),
+//! so reloads read the disk the way they do where the dump dir does not fit
+//! in memory. A **cold reload** latency row then counts the reloads during
+//! which the thread read from storage (its `ru_inblock` grew), and the
+//! parameter block says how the pages were evicted and how often.
+//!
 //! `--json` prints the same data as one JSON object instead (sizes in bytes,
 //! latencies in nanoseconds). `--dump-dir` puts the spill files in a given
 //! directory instead of a temporary one (useful when the temporary directory
@@ -90,6 +99,8 @@
 //! `cleanup()` is called at the end either way, and in the temporary
 //! directory it must leave no file behind.
 
+#[path = "spillbench/cold.rs"]
+mod cold;
 #[path = "spillbench/payload.rs"]
 mod payload;
 #[path = "spillbench/report.rs"]
@@ -98,7 +109,7 @@ mod report;
 mod size;
 
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -115,7 +126,7 @@ use rand_distr::{Distribution, Zipf};
 use spillstore::{Location, SpillStore, Stats};
 
 use payload::{key_for, mix64, Payload, HEADER_LEN};
-use report::{Counters, Gauges, Latency, Params, Peaks, Phase, Report};
+use report::{ColdRun, Counters, Gauges, Latency, Params, Peaks, Phase, Report};
 use size::{format_size, parse_size};
 
 /// Command-line arguments.
@@ -211,6 +222,16 @@ struct Args {
     /// Seed for key popularity and the worker threads' random choices.
     #[arg(long, value_name = "N", default_value_t = 0x5eed)]
     seed: u64,
+
+    /// Evict the dump dir's pages from the page cache after the load phase
+    /// and every --cold-every seconds of the mixed phase (drop_caches as
+    /// root, else posix_fadvise(DONTNEED)), and report cold reloads apart.
+    #[arg(long)]
+    cold: bool,
+
+    /// Seconds between two evictions during the mixed phase, with --cold.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs)]
+    cold_every: f64,
 }
 
 /// Parses a positive integer (thread and shard counts).
@@ -367,6 +388,8 @@ struct Bench {
     threads: usize,
     /// Whether gets compare every byte.
     verify_full: bool,
+    /// Whether gets that reload also check if they read the disk (`--cold`).
+    cold: bool,
     /// Base seed of the per-thread generators.
     seed: u64,
     /// Next key index to process in the load and check phases.
@@ -383,6 +406,8 @@ struct Recorder {
     get_memory: Histogram<u64>,
     /// Gets that reloaded the value from a spill file.
     get_reload: Histogram<u64>,
+    /// Those of them that read from storage (with `--cold` only).
+    get_reload_cold: Histogram<u64>,
     /// Inserts.
     insert: Histogram<u64>,
 }
@@ -395,6 +420,7 @@ impl Recorder {
         Self {
             get_memory: hist(),
             get_reload: hist(),
+            get_reload_cold: hist(),
             insert: hist(),
         }
     }
@@ -404,6 +430,7 @@ impl Recorder {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.get_memory.add(&other.get_memory);
         let _ = self.get_reload.add(&other.get_reload);
+        let _ = self.get_reload_cold.add(&other.get_reload_cold);
         let _ = self.insert.add(&other.insert);
     }
 }
@@ -434,9 +461,12 @@ impl Bench {
     fn get(&self, index: usize, rng: &mut StdRng, rec: &mut Recorder) -> Instant {
         let key = &self.keys[index];
         let low = self.committed[index].load(Ordering::SeqCst);
+        // Outside the timed call: a system call of its own.
+        let blocks_before = self.cold.then(cold::thread_blocks_read);
         let start = Instant::now();
         let result = self.store.get_with_location(key);
         let end = Instant::now();
+        let read_disk = blocks_before.is_some_and(|b| cold::thread_blocks_read() > b);
         let high = self.reserved[index].load(Ordering::SeqCst);
         let (value, location) = match result {
             Ok(Some(found)) => found,
@@ -458,6 +488,10 @@ impl Bench {
             Location::File => (&mut rec.get_reload, "a spill file"),
         };
         hist.saturating_record(nanos(start, end).max(1));
+        if read_disk && location == Location::File {
+            rec.get_reload_cold
+                .saturating_record(nanos(start, end).max(1));
+        }
         let checked = self
             .payload
             .check(&value, index as u64, self.verify_full, rng)
@@ -771,6 +805,7 @@ fn params(args: &Args, dump_dir: String, temporary_dir: bool) -> Result<Params, 
         temporary_dir,
         verify_full: args.verify_full,
         seed: args.seed,
+        cold_every: args.cold.then_some(args.cold_every),
     })
 }
 
@@ -832,6 +867,7 @@ fn run(args: &Args) -> Result<Report, Failure> {
         scan_ratio: params.scan_ratio,
         threads: params.threads,
         verify_full: params.verify_full,
+        cold: params.cold_every.is_some(),
         seed: params.seed,
         cursor: AtomicUsize::new(0),
         progress: AtomicU64::new(0),
@@ -905,37 +941,7 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
         });
     }
 
-    // Mixed: Zipf gets and replacements for a fixed time.
-    peaks.in_mixed = true;
-    let duration = Duration::from_secs_f64(params.secs);
-    let bar = progress_bar(duration.as_millis() as u64, "mixed", TIME_TEMPLATE);
-    let before = Counters::of(&bench.store.stats());
-    let start = Instant::now();
-    let deadline = start + duration;
-    let (recs, mixed_secs) = bench.run_threads(
-        threads,
-        &mut peaks,
-        |b| {
-            let elapsed = start.elapsed();
-            bar.set_position(elapsed.as_millis() as u64);
-            let ops = b.progress.load(Ordering::Relaxed);
-            bar.set_message(format!(
-                "{:.1}/{} s, {:.0} ops/s",
-                elapsed.as_secs_f64().min(params.secs),
-                params.secs,
-                ops as f64 / elapsed.as_secs_f64().max(1e-9)
-            ));
-        },
-        |t| bench.mixed_worker(t, deadline),
-    );
-    let (after, mixed_rec) = bench.end_phase(&mut peaks, &bar, &recs)?;
-    let mixed = Phase {
-        secs: mixed_secs,
-        gets_memory: mixed_rec.get_memory.len(),
-        gets_reload: mixed_rec.get_reload.len(),
-        inserts: mixed_rec.insert.len(),
-        store: Counters::of(&after).since(before),
-    };
+    let (mixed, mixed_rec, cold) = mixed_phase(bench, &params, &mut peaks)?;
 
     // Final check: every key holds exactly its last version.
     peaks.in_mixed = false;
@@ -965,16 +971,98 @@ fn phases(bench: &Bench, params: Params) -> Result<Report, Failure> {
         params,
         load,
         mixed,
-        latencies: vec![
-            Latency::of("load insert", &load_rec.insert),
-            Latency::of("get memory", &mixed_rec.get_memory),
-            Latency::of("get reload", &mixed_rec.get_reload),
-            Latency::of("mixed insert", &mixed_rec.insert),
-        ],
+        latencies: [
+            Some(Latency::of("load insert", &load_rec.insert)),
+            Some(Latency::of("get memory", &mixed_rec.get_memory)),
+            Some(Latency::of("get reload", &mixed_rec.get_reload)),
+            cold.is_some()
+                .then(|| Latency::of("cold reload", &mixed_rec.get_reload_cold)),
+            Some(Latency::of("mixed insert", &mixed_rec.insert)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         peaks,
         check_secs,
         end: Gauges::of(&end),
+        cold,
     })
+}
+
+/// With `--cold`, evicts the dump dir's pages if the next eviction is due
+/// `elapsed` into a mixed phase of `duration` (the first one at once).
+fn evict_if_due(
+    cold: &mut Option<ColdRun>,
+    dir: &Path,
+    elapsed: Duration,
+    duration: Duration,
+) -> Result<(), String> {
+    let Some(c) = cold else { return Ok(()) };
+    let due = c.evictions as f64 * c.every;
+    if elapsed.as_secs_f64() >= due && (elapsed < duration || c.evictions == 0) {
+        c.method = Some(cold::evict(dir)?.name());
+        c.evictions += 1;
+    }
+    Ok(())
+}
+
+/// The mixed phase: Zipf gets and replacements for `--secs`. With `--cold`,
+/// the dump dir's pages are evicted from the page cache before it starts
+/// and every `--cold-every` seconds while it runs (by the sampling thread).
+fn mixed_phase(
+    bench: &Bench,
+    params: &Params,
+    peaks: &mut Peaks,
+) -> Result<(Phase, Recorder, Option<ColdRun>), Failure> {
+    let dump_dir = bench
+        .store
+        .dump_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut cold = params.cold_every.map(|every| ColdRun {
+        every,
+        method: None,
+        evictions: 0,
+    });
+    let duration = Duration::from_secs_f64(params.secs);
+    evict_if_due(&mut cold, &dump_dir, Duration::ZERO, duration).map_err(Failure::Store)?;
+    peaks.in_mixed = true;
+    let bar = progress_bar(duration.as_millis() as u64, "mixed", TIME_TEMPLATE);
+    let before = Counters::of(&bench.store.stats());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut evict_error = None;
+    let (recs, mixed_secs) = bench.run_threads(
+        params.threads,
+        peaks,
+        |b| {
+            let elapsed = start.elapsed();
+            if evict_error.is_none() {
+                evict_error = evict_if_due(&mut cold, &dump_dir, elapsed, duration).err();
+            }
+            bar.set_position(elapsed.as_millis() as u64);
+            let ops = b.progress.load(Ordering::Relaxed);
+            bar.set_message(format!(
+                "{:.1}/{} s, {:.0} ops/s",
+                elapsed.as_secs_f64().min(params.secs),
+                params.secs,
+                ops as f64 / elapsed.as_secs_f64().max(1e-9)
+            ));
+        },
+        |t| bench.mixed_worker(t, deadline),
+    );
+    let (after, mixed_rec) = bench.end_phase(peaks, &bar, &recs)?;
+    if let Some(e) = evict_error {
+        return Err(Failure::Store(e));
+    }
+    let mixed = Phase {
+        secs: mixed_secs,
+        gets_memory: mixed_rec.get_memory.len(),
+        gets_reload: mixed_rec.get_reload.len(),
+        inserts: mixed_rec.insert.len(),
+        store: Counters::of(&after).since(before),
+    };
+    Ok((mixed, mixed_rec, cold))
 }
 
 /// Parses the arguments, runs the benchmark and prints the report; the exit

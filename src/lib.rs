@@ -52,7 +52,10 @@
 //! value that becomes resident again is copied out of the mapping and the
 //! copy is verified against the checksum, so a resident value never depends
 //! on a file; it keeps its disk copy, so evicting it a second time needs no
-//! write. A value larger than its shard's share is written straight to disk
+//! write. While recent reloads found the files out of the page cache, such
+//! copies are read with one `pread` straight into their buffer instead (a
+//! cold mapping faults in page by page, at a third of `pread`'s rate), and
+//! verified there; warm reloads that follow switch back to the mapping. A value larger than its shard's share is written straight to disk
 //! and served without promotion: as a verified slice of the mapping when it
 //! has a file of its own, as a verified copy otherwise. A file is deleted as
 //! soon as no value needs it.

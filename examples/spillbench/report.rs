@@ -46,6 +46,18 @@ pub(crate) struct Params {
     pub(crate) verify_full: bool,
     /// Seed of the per-thread random number generators.
     pub(crate) seed: u64,
+    /// `--cold-every`, with `--cold`.
+    pub(crate) cold_every: Option<f64>,
+}
+
+/// What `--cold` did.
+pub(crate) struct ColdRun {
+    /// Seconds between two evictions during the mixed phase.
+    pub(crate) every: f64,
+    /// How the pages were evicted (the last time).
+    pub(crate) method: Option<&'static str>,
+    /// Evictions made: one before the mixed phase, the rest during it.
+    pub(crate) evictions: u64,
 }
 
 impl Params {
@@ -402,6 +414,8 @@ pub(crate) struct Report {
     pub(crate) check_secs: f64,
     /// Gauges after the final check.
     pub(crate) end: Gauges,
+    /// With `--cold`: how the page cache was emptied.
+    pub(crate) cold: Option<ColdRun>,
 }
 
 impl Report {
@@ -435,7 +449,13 @@ impl Report {
                 "temporary_dump_dir": p.temporary_dir,
                 "verify_full": p.verify_full,
                 "seed": p.seed,
+                "cold_every": p.cold_every,
             },
+            "cold": self.cold.as_ref().map(|c| json!({
+                "every_secs": c.every,
+                "method": c.method,
+                "evictions": c.evictions,
+            })),
             "load": self.load.json(p.value_size),
             "mixed": self.mixed.json(p.value_size),
             "latency_ns": latency,
@@ -534,6 +554,16 @@ impl Report {
             },
             p.seed
         );
+        if let Some(c) = &self.cold {
+            let _ = writeln!(
+                o,
+                "  cold            dump dir evicted from the page cache ({}) after the load \
+                 and every {} s: {} times",
+                c.method.unwrap_or("-"),
+                c.every,
+                c.evictions
+            );
+        }
 
         let _ = writeln!(o);
         let _ = writeln!(

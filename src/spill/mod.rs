@@ -7,9 +7,12 @@
 //!   spilled values were in the process's memory and stay private.
 //! - **Layout**: every file starts with a 64-byte header ([`record`]: magic,
 //!   number, length, checksum). Small values are appended after it as
-//!   records to shared segment files of `segment_size` bytes, read back with
-//!   one `pread` each; a value whose record is larger than a quarter of that
-//!   gets a file of its own, mapped, so it can be handed out without a copy.
+//!   records to shared segment files of `segment_size` bytes; a value whose
+//!   record is larger than a quarter of that gets a file of its own, so it
+//!   can be handed out as a slice of its mapping, without a copy.
+//! - **Reading back** ([`cold`]): through the file's mapping while the files
+//!   are in the page cache; copies with one `pread` into their own buffer
+//!   while recent reads found them out of it.
 //! - **Space comes back promptly** ([`blocks`]): records and readers in
 //!   flight hold the file-system blocks of a shared segment they cover;
 //!   when the last hold on a block goes (a value removed, replaced, brought
@@ -38,10 +41,12 @@
 //!   directory is refused.
 //!
 //! The only `unsafe` code of the crate lives here: the mapping in
-//! [`segment`], `fallocate` and `getrlimit` in [`sys`].
+//! [`segment`]; `fallocate`, `preadv2`, `getrusage` and `getrlimit` in
+//! [`sys`].
 
 mod blocks;
 mod cache;
+mod cold;
 mod record;
 mod segment;
 mod sys;
@@ -125,6 +130,8 @@ pub(crate) struct DirShared {
     compactions: AtomicU64,
     compacted_bytes: AtomicU64,
     orphans: Orphans,
+    /// Whether records are read through mappings or with `pread` now.
+    reads: Arc<cold::ReadPolicy>,
 }
 
 /// The segment small records are currently appended to.
@@ -262,6 +269,7 @@ impl SpillDir {
                 compactions: AtomicU64::new(0),
                 compacted_bytes: AtomicU64::new(0),
                 orphans,
+                reads: Arc::default(),
             }),
             lock_file,
             lock_file_created,
@@ -1193,6 +1201,70 @@ mod tests {
         let err = records[0].reader().read_copy().unwrap_err();
         assert!(err.to_string().contains("replaced"), "{err}");
         assert_eq!(records[1].reader().read_copy().unwrap(), vals[1]);
+    }
+
+    /// A dump dir whose reads count as cold, with two records of a shared
+    /// segment large enough for the cold read path (`pread` for copies) and
+    /// one of a file of its own (mapped, advised first).
+    fn cold_dir() -> (tempfile::TempDir, SpillDir, Vec<Bytes>, Vec<Record>) {
+        // Records above a quarter of the segment (32 KiB) get their own file.
+        let (tmp, spill) = dir_with(config(128 << 10, None, None));
+        let vals = values(&[20 << 10, 17 << 10, 40 << 10]);
+        let records = spill.write(&vals).unwrap();
+        assert_eq!(spill.usage().files, 2);
+        spill.shared.reads.saw(cold::MIN_TIMED, false);
+        assert!(spill.shared.reads.cold());
+        (tmp, spill, vals, records)
+    }
+
+    #[test]
+    fn cold_reads_return_the_bytes_written() {
+        let (_tmp, spill, vals, records) = cold_dir();
+        for (r, v) in records.iter().zip(&vals) {
+            assert_eq!(r.reader().read_copy().unwrap(), v);
+            assert_eq!(r.reader().read_mapped().unwrap(), v);
+        }
+        assert!(
+            spill.shared.reads.cold(),
+            "far fewer warm reads than the streak"
+        );
+    }
+
+    /// A byte altered in a record read by `pread` is caught by the checksum
+    /// of the buffer read; a file cut short gives a short read. Either way
+    /// `Error::Corrupted`, never wrong bytes, and the other records read.
+    #[test]
+    fn cold_reads_of_altered_or_shortened_files_are_corrupted() {
+        let (tmp, _spill, vals, records) = cold_dir();
+        let seg = tmp.path().join("d").join("spill-00000000.seg");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let at = records[1].offset() + HEADER_LEN + 1000;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x20], at).unwrap();
+        let corrupted = |e: Error| matches!(e, Error::Corrupted { .. });
+        assert!(corrupted(records[1].reader().read_copy().unwrap_err()));
+        assert!(corrupted(records[1].reader().read_mapped().unwrap_err()));
+        assert_eq!(records[0].reader().read_copy().unwrap(), vals[0]);
+        file.set_len(records[0].offset() + 5000).unwrap();
+        let err = records[0].reader().read_copy().unwrap_err();
+        assert!(corrupted(err), "short read");
+        assert!(corrupted(records[1].reader().read_copy().unwrap_err()));
+        // The file of one record, cut inside its value: refused before its
+        // mapping is touched.
+        let own = tmp.path().join("d").join("spill-00000001.seg");
+        OpenOptions::new()
+            .write(true)
+            .open(&own)
+            .unwrap()
+            .set_len(FILE_HEADER_LEN + 100)
+            .unwrap();
+        assert!(corrupted(records[2].reader().read_mapped().unwrap_err()));
+        assert!(corrupted(records[2].reader().read_copy().unwrap_err()));
     }
 
     #[test]

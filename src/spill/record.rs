@@ -96,21 +96,6 @@ pub(crate) fn checksum(value: &[u8]) -> u64 {
     u64::from(crc32fast::hash(value))
 }
 
-/// Copies `value` into a new buffer and returns the copy with the checksum
-/// of the *copy*, computed chunk by chunk while each chunk is still in cache:
-/// one pass over the source instead of two.
-pub(crate) fn copy_with_checksum(value: &[u8]) -> (Vec<u8>, u64) {
-    const CHUNK: usize = 64 * 1024;
-    let mut copy = Vec::with_capacity(value.len());
-    let mut hasher = crc32fast::Hasher::new();
-    for chunk in value.chunks(CHUNK) {
-        let start = copy.len();
-        copy.extend_from_slice(chunk);
-        hasher.update(&copy[start..]);
-    }
-    (copy, u64::from(hasher.finalize()))
-}
-
 /// Where a record belongs: its file's number and its offset in the file.
 /// A record copied or moved anywhere else fails its header check.
 pub(crate) fn place(file_number: u64, offset: u64) -> u64 {
@@ -207,16 +192,6 @@ mod tests {
             let mut bad = r.clone();
             bad[i] ^= 0x01;
             assert!(verify(&bad, 42, 16).is_err(), "flip at {i} went unnoticed");
-        }
-    }
-
-    #[test]
-    fn the_fused_copy_has_the_same_checksum() {
-        for len in [0, 1, 65_535, 65_536, 200_001] {
-            let value: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let (copy, sum) = copy_with_checksum(&value);
-            assert_eq!(copy, value);
-            assert_eq!(sum, checksum(&value));
         }
     }
 

@@ -4,9 +4,10 @@
 //! In a shared segment, records and readers in flight hold its blocks (see
 //! [`super::blocks`]); blocks nobody holds are punched, in batches, with the
 //! segment's mapping dropped first. Records are read through the file's
-//! mapping; values from shared segments are copied out, and only a file of
-//! one large record (never punched, only deleted whole) hands its value out
-//! as a slice of the mapping.
+//! mapping, or with `pread` while the files are out of the page cache (see
+//! [`super::cold`]); values from shared segments are copied out, and only a
+//! file of one large record (never punched, only deleted whole) hands its
+//! value out as a slice of the mapping.
 //!
 //! This module holds the mapping, the only `unsafe` code of the crate
 //! besides the system calls in [`super::sys`].
@@ -21,6 +22,7 @@ use crate::sync::Mutex;
 use bytes::Bytes;
 
 use super::blocks::{self, BlockMap};
+use super::cold::{self, ReadPolicy};
 use super::record::{self, FILE_HEADER_LEN, HEADER_LEN};
 use super::{sys, DirShared};
 use crate::error::Error;
@@ -64,6 +66,9 @@ pub(crate) struct Segment {
     /// Listed in the dump dir's segments with dead blocks to punch.
     pub(super) listed: AtomicBool,
     dir: Weak<DirShared>,
+    /// The dump dir's read mode (mapping or `pread`), held here so a read
+    /// need not upgrade `dir`, a shared reference count.
+    reads: Arc<ReadPolicy>,
 }
 
 /// An open spill file: its descriptor and, once some record was read, its
@@ -110,6 +115,7 @@ impl Segment {
             e
         };
         let meta = file.metadata().map_err(remove)?;
+        sys::advise_random(&file);
         // A sparse file: blocks are allocated only as records are written, so a
         // full disk surfaces as a failed write, never as a fault in a mapping.
         file.set_len(size).map_err(remove)?;
@@ -143,6 +149,7 @@ impl Segment {
             flushing: AtomicBool::new(false),
             listed: AtomicBool::new(false),
             dir: Arc::downgrade(dir),
+            reads: Arc::clone(&dir.reads),
         }))
     }
 
@@ -376,6 +383,7 @@ impl Segment {
         {
             return Err(corrupted("the spill file's header was altered"));
         }
+        sys::advise_random(&file);
         Ok(file)
     }
 
@@ -414,27 +422,32 @@ impl Segment {
     /// the header must name this place and length, and the value must match
     /// the header's checksum, so altered bytes are never returned.
     ///
-    /// The record is read through the file's mapping. With `copy` the value
-    /// is copied out (and the copy is what gets verified); without, a value
-    /// from a file of one record is handed out as a slice of the mapping, no
-    /// copy. A value from a shared segment is always copied out: holes are
-    /// punched in shared segments (never under a reader, whose pin holds the
-    /// record's blocks), so their mapping is dropped and made again now and
-    /// then (see [`punch_dead_blocks`](Self::punch_dead_blocks)) and a slice
-    /// of it must not outlive the read.
+    /// With `copy` the value is copied out (and the copy is what gets
+    /// verified); without, a value from a file of one record is handed out
+    /// as a slice of the mapping, no copy. A value from a shared segment is
+    /// always copied out: holes are punched in shared segments (never under
+    /// a reader, whose pin holds the record's blocks), so their mapping is
+    /// dropped and made again now and then (see
+    /// [`punch_dead_blocks`](Self::punch_dead_blocks)) and a slice of it
+    /// must not outlive the read.
+    ///
+    /// A copy is read through the file's mapping while the files are in the
+    /// page cache, and with `pread` straight into its buffer while they are
+    /// not (see [`cold`]); a slice is always mapped.
     fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
         let offset = pin.offset;
         let end = offset
             .checked_add(HEADER_LEN)
             .and_then(|x| x.checked_add(len))
             .ok_or_else(|| self.corrupted(offset, format!("record length {len} overflows")))?;
+        let copy = copy || !self.dedicated;
         #[cfg(not(miri))]
-        return self.read_mapped(offset, end, copy || !self.dedicated);
-        #[cfg(miri)]
-        {
-            let _ = copy;
-            self.read_file(offset, end)
+        if !copy || len < cold::MIN_TIMED || !self.reads.cold() {
+            return self.read_mapped(offset, end, copy);
         }
+        // Miri cannot map files: it reads every record this way.
+        let _ = copy;
+        self.read_file(offset, end)
     }
 
     fn corrupted(&self, offset: u64, reason: String) -> Error {
@@ -452,23 +465,35 @@ impl Segment {
             .map_err(|reason| self.corrupted(offset, reason))
     }
 
-    /// Reads the record `offset..end` with `pread` (Miri cannot map files):
-    /// a file shortened behind the store's back gives a short read, reported
-    /// as corrupted.
-    #[cfg(miri)]
+    /// Reads the record `offset..end` with `pread`, into the buffer the
+    /// value is handed out in, and verifies it there: first what the page
+    /// cache holds, without waiting (which tells the read mode whether the
+    /// record was cached), then the rest in one read. A file shortened
+    /// behind the store's back gives a short read, reported as corrupted.
     fn read_file(self: &Arc<Self>, offset: u64, end: u64) -> Result<Bytes, Error> {
         let access = self.access(false)?;
-        let mut buf = vec![0u8; (end - offset) as usize];
-        access
-            .file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => self.corrupted(
-                    offset,
-                    format!("file ends before the record's end at {end}"),
-                ),
-                _ => Error::io("reading spill file", &self.path, e),
-            })?;
+        let len = (end - offset) as usize;
+        let mut buf = Vec::with_capacity(len);
+        let io = |e| Error::io("reading spill file", &self.path, e);
+        sys::pread_append(&access.file, &mut buf, offset, true).map_err(io)?;
+        self.reads.saw(len as u64, buf.len() >= len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match sys::pread_append(&access.file, &mut buf, at, false) {
+                Ok(0) => {
+                    return Err(self.corrupted(
+                        offset,
+                        format!("file ends before the record's end at {end}"),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        // `with_capacity` may give more room than asked; what lies past the
+        // record is not ours to return.
+        buf.truncate(len);
         let (header, value) = buf.split_at(HEADER_LEN as usize);
         self.check_header(header, offset, end)?;
         record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
@@ -505,19 +530,51 @@ impl Segment {
         let (start, end_at) = (offset as usize, end as usize);
         let header = &map[start..start + HEADER_LEN as usize];
         self.check_header(header, offset, end)?;
-        let value = &map[start + HEADER_LEN as usize..end_at];
-        if copy {
-            let (value, sum) = record::copy_with_checksum(value);
-            record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?;
-            Ok(Bytes::from(value))
-        } else {
-            record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-            Ok(Bytes::from_owner(MappedValue {
-                start: start + HEADER_LEN as usize,
+        let value_at = start + HEADER_LEN as usize;
+        let (copied, sum) = self.read_value_mapped(&map, value_at..end_at, copy);
+        record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?;
+        Ok(match copied {
+            Some(value) => Bytes::from(value),
+            None => Bytes::from_owner(MappedValue {
+                start: value_at,
                 end: end_at,
                 map,
-            }))
+            }),
+        })
+    }
+
+    /// Copies (`copy`) or only checksums the mapped bytes of `range`, in
+    /// chunks. A value large enough to tell is timed: if it waited for the
+    /// disk, the rest is requested whole and the store reads copies with
+    /// `pread` from then on (see [`cold`]). A value handed out zero-copy
+    /// while reads are cold is requested whole before it is touched, so it
+    /// does not fault in page by page either.
+    #[cfg(not(miri))]
+    fn read_value_mapped(
+        &self,
+        map: &memmap2::Mmap,
+        range: std::ops::Range<usize>,
+        copy: bool,
+    ) -> (Option<Vec<u8>>, u64) {
+        let len = range.len() as u64;
+        let timed = len >= cold::MIN_TIMED;
+        let will_need = |from: usize| {
+            // Advice only: if refused, the pages fault in as before.
+            let _ = map.advise_range(
+                memmap2::Advice::WillNeed,
+                range.start + from,
+                range.len() - from,
+            );
+        };
+        let was_cold = timed && self.reads.cold();
+        if was_cold {
+            will_need(0);
         }
+        let (copied, sum, waited) = cold::read_chunks(&map[range.clone()], copy, timed, will_need);
+        if timed && (waited || was_cold) {
+            self.reads.saw(len, !waited);
+        }
+        (copied, sum)
     }
 
     /// Takes the descriptor and the mapping out, to be dropped (closing

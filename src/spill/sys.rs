@@ -1,8 +1,9 @@
 //! The system calls std does not offer: punching a hole in a file, writing
 //! several buffers at an offset in one call (`pwritev`; std's
-//! `write_vectored_at` is not stable), and reading the descriptor limit. All
-//! go through `libc`, which the mapping (memmap2) already depends on, so it
-//! adds nothing to the build.
+//! `write_vectored_at` is not stable), reading only what the page cache
+//! holds, counting a thread's major faults, and reading the descriptor
+//! limit. All go through `libc`, which the mapping (memmap2) already depends
+//! on, so it adds nothing to the build.
 
 use std::fs::File;
 use std::io;
@@ -71,6 +72,26 @@ pub(super) fn punch_hole(_file: &File, _range: Range<u64>) -> io::Result<()> {
         "punching holes is implemented for Linux only",
     ))
 }
+
+/// Tells the kernel that `file` is read at random
+/// (`posix_fadvise(POSIX_FADV_RANDOM)`): a `pread` then reads the pages
+/// asked for and no more. Records are read whole, one call each, in no
+/// order; without this, a read that continues one the page cache partly
+/// served (neighbouring records share a page) looks sequential, and the
+/// kernel reads ahead of it, past the record: 40% more bytes than asked
+/// for 1 MiB values, measured. Advice only: errors are ignored.
+#[cfg(all(target_os = "linux", not(miri)))]
+pub(super) fn advise_random(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `posix_fadvise` takes a descriptor and integers and touches
+    // no memory of ours; the descriptor belongs to `file`, borrowed for the
+    // whole call. The advice changes only how the kernel reads ahead.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+}
+
+/// Elsewhere (and under Miri), nothing to advise.
+#[cfg(any(miri, not(target_os = "linux")))]
+pub(super) fn advise_random(_file: &File) {}
 
 /// The soft limit on open descriptors of this process (`RLIMIT_NOFILE`),
 /// if it can be read and is finite.
@@ -147,6 +168,99 @@ pub(super) fn write_all_vectored_at(file: &File, data: &[&[u8]], offset: u64) ->
         offset += buffer.len() as u64;
     }
     Ok(())
+}
+
+/// Reads from `file` at `offset` into the spare capacity of `buf`, appending
+/// what was read; returns the number of bytes appended (0 at the file's end).
+///
+/// With `nowait`, reads only what the page cache holds, without waiting for
+/// the disk (`preadv2(RWF_NOWAIT)`): a short count, or 0, then means the rest
+/// is not cached. Kernels without the flag (before 4.14) answer as if nothing
+/// were cached.
+#[cfg(all(target_os = "linux", not(miri)))]
+pub(super) fn pread_append(
+    file: &File,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    nowait: bool,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+
+    let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return Ok(0);
+    }
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "offset too large",
+        ));
+    };
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+    // SAFETY: `preadv2` writes at most `iov_len` bytes at `iov_base`, which
+    // is the spare capacity of `buf`: memory `buf` owns, exclusively
+    // borrowed for the call, valid for `spare.len()` bytes. The descriptor
+    // belongs to `file`, borrowed for the whole call; `iov` lives on our
+    // stack until the call returns.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EAGAIN) if nowait => Ok(0),
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) if nowait => Ok(0),
+            _ => Err(err),
+        };
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare
+    // capacity (`n <= spare.len()`, as `preadv2` never reads more than
+    // asked), so the first `len + n` bytes of `buf` are initialised.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Miri has no `preadv2`: nothing counts as cached, and a blocking read goes
+/// through zeroed memory and `pread`, so the callers' logic runs unchanged.
+#[cfg(any(miri, not(target_os = "linux")))]
+pub(super) fn pread_append(
+    file: &File,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    nowait: bool,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    if nowait {
+        return Ok(0);
+    }
+    let start = buf.len();
+    buf.resize(buf.capacity(), 0);
+    let n = file.read_at(&mut buf[start..], offset);
+    buf.truncate(start + *n.as_ref().unwrap_or(&0));
+    n
+}
+
+/// Major page faults (faults that waited for the disk) of the calling
+/// thread so far, if the system says.
+#[cfg(all(target_os = "linux", not(miri)))]
+pub(super) fn thread_major_faults() -> Option<u64> {
+    // SAFETY: an all-zero `rusage` is a valid value (plain integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `getrusage` writes one `rusage` through the pointer, which
+    // points to a live, properly aligned `rusage` on our stack that nothing
+    // else references during the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    #[allow(clippy::unnecessary_cast)] // `c_long` is i64 on 64-bit Linux only
+    (rc == 0).then_some(usage.ru_majflt as u64)
+}
+
+/// Elsewhere (and under Miri), unknown.
+#[cfg(any(miri, not(target_os = "linux")))]
+pub(super) fn thread_major_faults() -> Option<u64> {
+    None
 }
 
 #[cfg(test)]

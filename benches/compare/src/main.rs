@@ -4,7 +4,13 @@
 //! ```text
 //! CARGO_TARGET_DIR=/work/target-compare cargo run --release -p spillstore-compare -- --help
 //! ```
+//!
+//! `--workload cold-reload` (not in the default set; needs root for
+//! `drop_caches`) reads spilled values back with the page cache emptied,
+//! against foyer, the naive port and a plain `pread` of a file (see
+//! `cold.rs`).
 
+mod cold;
 mod foyer_peer;
 mod machine;
 mod moka_peer;
@@ -52,6 +58,17 @@ struct Cli {
     /// Value sizes for spill-reload (bytes; K/KiB and M/MiB suffixes allowed).
     #[arg(long, value_delimiter = ',', default_value = "1KiB,64KiB,1MiB", value_parser = parse_size)]
     spill_sizes: Vec<usize>,
+    /// Value sizes for cold-reload (same syntax as --spill-sizes).
+    #[arg(long, value_delimiter = ',', default_value = "64KiB,1MiB", value_parser = parse_size)]
+    cold_sizes: Vec<usize>,
+    /// Working set of cold-reload, in MiB: every key is read at most once
+    /// in a run, so this bounds the gets of all repetitions together.
+    #[arg(long, default_value_t = 1024)]
+    cold_working_set_mib: u64,
+    /// Most gets per repetition of a cold-reload cell (fewer if the working
+    /// set has too few keys for every repetition to read fresh ones).
+    #[arg(long, default_value_t = 2000)]
+    cold_gets: usize,
     /// Memory budget of every store, in MiB.
     #[arg(long, default_value_t = 64)]
     budget_mib: u64,
@@ -116,6 +133,8 @@ struct Rep {
     /// Values read back from disk in this window (stores with a disk only).
     reloads: Option<u64>,
     reload_bytes_per_sec: Option<f64>,
+    /// What a cold-reload repetition read from the disk.
+    disk: Option<cold::DiskReads>,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +193,16 @@ fn cells(cli: &Cli, budget: u64) -> Vec<CellSpec> {
                 .iter()
                 .map(|&s| (s, ((4 * budget) / s as u64).max(1) as usize))
                 .collect(),
+            Workload::ColdReload => cli
+                .cold_sizes
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        ((cli.cold_working_set_mib * MIB) / s as u64).max(1) as usize,
+                    )
+                })
+                .collect(),
         };
         for (value_size, n_keys) in shapes {
             for &threads in &cli.threads {
@@ -216,28 +245,189 @@ fn run_store(
             &mut states,
             Duration::from_secs_f64(cli.secs),
         )?;
-        let secs = elapsed.as_secs_f64();
-        let reloads = match (reloads_before, store.reloads()) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        reps.push(Rep {
-            counters: c,
-            secs,
-            ops_per_sec: (c.gets + c.inserts) as f64 / secs,
-            bytes_per_sec: (c.bytes_read + c.bytes_written) as f64 / secs,
-            hit_ratio: if c.gets == 0 {
-                f64::NAN
-            } else {
-                c.hits as f64 / c.gets as f64
-            },
-            reloads,
-            reload_bytes_per_sec: reloads.map(|n| (n * spec.value_size as u64) as f64 / secs),
-        });
+        reps.push(rep_of(
+            c,
+            elapsed,
+            reloads_before,
+            store.reloads(),
+            spec.value_size,
+        ));
     }
     let notes = store.notes();
     drop(store);
-    Ok(StoreResult {
+    Ok(summarize(peer, spec, preload, reps, notes))
+}
+
+/// A store of a cold-reload cell, preloaded, with its directory.
+struct ColdPeer {
+    peer: Peer,
+    dir: PathBuf,
+    store: Result<(Box<dyn store::Store>, Duration)>,
+    reps: Vec<Rep>,
+    error: Option<String>,
+}
+
+/// Builds and preloads every peer of a cold-reload cell, each in its own
+/// directory under `root`.
+fn preload_cold_peers(
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+    peers: &[Peer],
+    dirs: impl Fn(Peer) -> PathBuf,
+    budget: u64,
+) -> Result<Vec<ColdPeer>> {
+    let mut out = Vec::new();
+    for &peer in peers {
+        let dir = dirs(peer);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cfg = StoreConfig {
+            budget,
+            value_size: spec.value_size,
+            n_keys: spec.n_keys,
+            dir: dir.clone(),
+        };
+        eprintln!(
+            "preloading {} on {} ...",
+            size_label(spec.value_size),
+            peer.name()
+        );
+        let store = store::build(peer, &cfg).and_then(|s| {
+            let took = workload::preload(s.as_ref(), cell.keys, spec.value_size)?;
+            Ok((s, took))
+        });
+        out.push(ColdPeer {
+            peer,
+            dir,
+            store,
+            reps: Vec::new(),
+            error: None,
+        });
+    }
+    Ok(out)
+}
+
+/// A cold-reload cell: all peers preloaded side by side, then repetitions
+/// in which every peer takes its turn (the first one rotating), each with
+/// the page cache emptied first and reading keys no repetition read before,
+/// in a random order that is the same for every peer. Taking turns spreads
+/// the disk's ups and downs over all peers alike.
+fn run_cold_cell(
+    cli: &Cli,
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+    mut peers: Vec<ColdPeer>,
+) -> Result<Vec<StoreResult>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut perm: Vec<u32> = (0..spec.n_keys as u32).collect();
+    perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cli.seed));
+    let reps = cli.reps.max(1);
+    let per_rep = (spec.n_keys / reps).min(cli.cold_gets).max(1);
+    let n = peers.len();
+    for r in 0..reps {
+        let range = (r * per_rep).min(perm.len())..((r + 1) * per_rep).min(perm.len());
+        for k in 0..n {
+            let p = &mut peers[(k + r) % n];
+            let Ok((store, _)) = &p.store else { continue };
+            if p.error.is_some() {
+                continue;
+            }
+            eprintln!(
+                "running cold-reload {} thr={} rep {r} on {} ...",
+                size_label(spec.value_size),
+                spec.threads,
+                p.peer.name()
+            );
+            cold::drop_caches()?;
+            let before = store.reloads();
+            let disk = cold::DiskReads::now(&p.dir);
+            match cold::run_rep(store.as_ref(), cell, &perm, range.clone(), spec.threads) {
+                Ok((c, took, (cpu_ns, faults))) => {
+                    let mut rep = rep_of(c, took, before, store.reloads(), spec.value_size);
+                    let mut read = cold::DiskReads::now(&p.dir).since(disk);
+                    read.cpu_ns = cpu_ns;
+                    read.minor_faults = faults;
+                    rep.disk = Some(read);
+                    p.reps.push(rep);
+                }
+                Err(e) => p.error = Some(format!("{e:#}")),
+            }
+        }
+    }
+    Ok(peers
+        .into_iter()
+        .map(|p| {
+            let result = match p.store {
+                Ok((store, preload)) => {
+                    let mut r = summarize(p.peer, spec, preload, p.reps, store.notes());
+                    r.error = p.error;
+                    r
+                }
+                Err(e) => error_result(p.peer, spec, &e),
+            };
+            if let Err(e) = std::fs::remove_dir_all(&p.dir) {
+                eprintln!("warning: removing {}: {e}", p.dir.display());
+            }
+            result
+        })
+        .collect())
+}
+
+/// The result of a cell a store could not run.
+fn error_result(peer: Peer, spec: &CellSpec, e: &anyhow::Error) -> StoreResult {
+    StoreResult {
+        cell: *spec,
+        store: peer,
+        preload_secs: f64::NAN,
+        reps: Vec::new(),
+        ops_per_sec: f64::NAN,
+        bytes_per_sec: f64::NAN,
+        hit_ratio: f64::NAN,
+        reload_bytes_per_sec: None,
+        corrupt: 0,
+        notes: String::new(),
+        error: Some(format!("{e:#}")),
+    }
+}
+
+/// One repetition's figures from its counters.
+fn rep_of(
+    c: Counters,
+    elapsed: Duration,
+    reloads_before: Option<u64>,
+    reloads_after: Option<u64>,
+    value_size: usize,
+) -> Rep {
+    let secs = elapsed.as_secs_f64();
+    let reloads = match (reloads_before, reloads_after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Rep {
+        counters: c,
+        secs,
+        ops_per_sec: (c.gets + c.inserts) as f64 / secs,
+        bytes_per_sec: (c.bytes_read + c.bytes_written) as f64 / secs,
+        hit_ratio: if c.gets == 0 {
+            f64::NAN
+        } else {
+            c.hits as f64 / c.gets as f64
+        },
+        reloads,
+        reload_bytes_per_sec: reloads.map(|n| (n * value_size as u64) as f64 / secs),
+        disk: None,
+    }
+}
+
+/// A cell's result: medians over its repetitions.
+fn summarize(
+    peer: Peer,
+    spec: &CellSpec,
+    preload: Duration,
+    reps: Vec<Rep>,
+    notes: String,
+) -> StoreResult {
+    StoreResult {
         cell: *spec,
         store: peer,
         preload_secs: preload.as_secs_f64(),
@@ -253,7 +443,7 @@ fn run_store(
         reps,
         notes,
         error: None,
-    })
+    }
 }
 
 fn size_label(bytes: usize) -> String {
@@ -443,6 +633,82 @@ fn print_reload_vs_limit(results: &[StoreResult], limits: Option<&Limits>) {
     println!();
 }
 
+/// Reloads per second of one repetition.
+fn reload_rate(r: &Rep, value_size: usize) -> f64 {
+    r.reload_bytes_per_sec.unwrap_or(f64::NAN) / value_size as f64
+}
+
+/// The median over the repetitions of `r`'s reload rate divided by that of
+/// `base` in the same repetition (they took turns, so drifts of the disk
+/// cancel out in each pair).
+fn paired_ratio(r: &StoreResult, base: &StoreResult) -> f64 {
+    let size = r.cell.value_size;
+    median(
+        r.reps
+            .iter()
+            .zip(&base.reps)
+            .map(|(a, b)| reload_rate(a, size) / reload_rate(b, size))
+            .collect(),
+    )
+}
+
+/// The cold-reload cells: each store's reloads per second against the
+/// `pread` reference and foyer of the same cell, and what it read per
+/// reload from the disk.
+fn print_cold(results: &[StoreResult]) {
+    let cold: Vec<&StoreResult> = results
+        .iter()
+        .filter(|r| r.cell.workload == Workload::ColdReload && r.error.is_none())
+        .collect();
+    if cold.is_empty() {
+        return;
+    }
+    println!("## cold-reload: reloads against pread and foyer (same run, taking turns, page cache dropped before each turn)");
+    println!();
+    println!("Ratios are medians of the per-repetition ratios. Disk KiB / reload: this process's read_bytes; requests / reload: the device's completed reads (whole machine); CPU and faults: the worker threads' time on a CPU and minor page faults.");
+    println!();
+    println!("| value | thr | store | reloads/s | per repetition | vs pread | vs foyer | disk KiB / reload | requests / reload | CPU µs / reload | faults / reload |");
+    println!("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for r in &cold {
+        let size = r.cell.value_size;
+        let ratio = |peer| {
+            cold.iter()
+                .find(|b| {
+                    b.store == peer && b.cell.value_size == size && b.cell.threads == r.cell.threads
+                })
+                .map_or("-".to_owned(), |b| format!("{:.2}x", paired_ratio(r, b)))
+        };
+        let per_rep: Vec<String> = r
+            .reps
+            .iter()
+            .map(|p| human_ops(reload_rate(p, size)))
+            .collect();
+        let per_reload = |f: fn(&cold::DiskReads) -> u64| {
+            median(
+                r.reps
+                    .iter()
+                    .filter_map(|p| Some(f(p.disk.as_ref()?) as f64 / p.reloads? as f64))
+                    .collect(),
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} |",
+            size_label(size),
+            r.cell.threads,
+            r.store.name(),
+            human_ops(r.reload_bytes_per_sec.unwrap_or(f64::NAN) / size as f64),
+            per_rep.join(", "),
+            ratio(Peer::Pread),
+            ratio(Peer::Foyer),
+            per_reload(|d| d.bytes) / 1024.0,
+            per_reload(|d| d.requests),
+            per_reload(|d| d.cpu_ns) / 1000.0,
+            per_reload(|d| d.minor_faults),
+        );
+    }
+    println!();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.threads.is_empty() || cli.threads.contains(&0) {
@@ -452,13 +718,18 @@ fn main() -> Result<()> {
         bail!("--secs must be positive, --warmup and --limit-secs non-negative");
     }
     let budget = cli.budget_mib * MIB;
-    let peers = if cli.peers.is_empty() {
-        Peer::ALL.to_vec()
-    } else {
-        let mut p = cli.peers.clone();
-        p.sort();
-        p.dedup();
-        p
+    let peers_of = |w: Workload| -> Vec<Peer> {
+        if cli.peers.is_empty() {
+            match w {
+                Workload::ColdReload => Peer::COLD.to_vec(),
+                _ => Peer::ALL.to_vec(),
+            }
+        } else {
+            let mut p = cli.peers.clone();
+            p.sort();
+            p.dedup();
+            p
+        }
     };
 
     // Fresh space for this run's dump directories.
@@ -502,7 +773,20 @@ fn main() -> Result<()> {
             seqs: &seqs,
             read_all: cli.read_all,
         };
-        for &peer in &peers {
+        if spec.workload == Workload::ColdReload {
+            let dirs = |peer: Peer| {
+                root.join(format!(
+                    "{ci:02}-cold-{}-t{}-{}",
+                    spec.value_size,
+                    spec.threads,
+                    peer.name()
+                ))
+            };
+            let peers = preload_cold_peers(spec, &cell, &peers_of(spec.workload), dirs, budget)?;
+            results.extend(run_cold_cell(&cli, spec, &cell, peers)?);
+            continue;
+        }
+        for peer in peers_of(spec.workload) {
             let dir = root.join(format!(
                 "{ci:02}-{}-{}-t{}-{}",
                 spec.workload.name(),
@@ -525,19 +809,8 @@ fn main() -> Result<()> {
                 spec.threads,
                 peer.name()
             );
-            let result = run_store(&cli, peer, spec, &cell, &cfg).unwrap_or_else(|e| StoreResult {
-                cell: *spec,
-                store: peer,
-                preload_secs: f64::NAN,
-                reps: Vec::new(),
-                ops_per_sec: f64::NAN,
-                bytes_per_sec: f64::NAN,
-                hit_ratio: f64::NAN,
-                reload_bytes_per_sec: None,
-                corrupt: 0,
-                notes: String::new(),
-                error: Some(format!("{e:#}")),
-            });
+            let result = run_store(&cli, peer, spec, &cell, &cfg)
+                .unwrap_or_else(|e| error_result(peer, spec, &e));
             if result.corrupt > 0 {
                 eprintln!(
                     "ERROR: {} returned {} corrupt values",
@@ -555,6 +828,7 @@ fn main() -> Result<()> {
 
     print_table(&results);
     print_reload_vs_limit(&results, limits.as_ref());
+    print_cold(&results);
 
     if let Some(path) = &cli.json {
         let report = Report {

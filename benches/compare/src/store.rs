@@ -58,9 +58,16 @@ pub enum Peer {
     #[value(name = "naive")]
     #[serde(rename = "naive")]
     Naive,
+    /// Not a store: one `pread` per get from a plain file, the reference a
+    /// cold reload should match. Runs only when asked for, and by default
+    /// in `cold-reload`.
+    #[value(name = "pread")]
+    #[serde(rename = "pread")]
+    Pread,
 }
 
 impl Peer {
+    /// The peers of the warm workloads, all but the `pread` reference.
     pub const ALL: [Peer; 6] = [
         Peer::Spillstore,
         Peer::SpillstoreExact,
@@ -70,6 +77,9 @@ impl Peer {
         Peer::Naive,
     ];
 
+    /// The peers of `cold-reload`: the stores with a disk, and the reference.
+    pub const COLD: [Peer; 4] = [Peer::Spillstore, Peer::Foyer, Peer::Naive, Peer::Pread];
+
     pub fn name(self) -> &'static str {
         match self {
             Peer::Spillstore => "spillstore",
@@ -78,6 +88,7 @@ impl Peer {
             Peer::Moka => "moka",
             Peer::Foyer => "foyer",
             Peer::Naive => "naive",
+            Peer::Pread => "pread",
         }
     }
 }
@@ -111,5 +122,6 @@ pub fn build(peer: Peer, cfg: &StoreConfig) -> Result<Box<dyn Store>> {
         Peer::Moka => Box::new(crate::moka_peer::MokaAdapter::new(cfg)),
         Peer::Foyer => Box::new(crate::foyer_peer::FoyerAdapter::new(cfg)?),
         Peer::Naive => Box::new(crate::naive::NaiveStore::new(cfg)?),
+        Peer::Pread => Box::new(crate::cold::PreadFile::new(cfg)?),
     })
 }

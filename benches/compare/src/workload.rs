@@ -30,6 +30,11 @@ pub enum Workload {
     Mixed,
     /// Working set 4x the memory budget, all preloaded, then gets.
     SpillReload,
+    /// Working set of --cold-working-set-mib, all preloaded; then, with the
+    /// page cache emptied before each repetition, a fixed number of gets of
+    /// distinct keys in random order: every reload reads the disk. Needs
+    /// root (drop_caches); not in the default set.
+    ColdReload,
 }
 
 impl Workload {
@@ -40,6 +45,7 @@ impl Workload {
             Workload::HotGet => "hot-get",
             Workload::Mixed => "mixed",
             Workload::SpillReload => "spill-reload",
+            Workload::ColdReload => "cold-reload",
         }
     }
 
@@ -47,7 +53,7 @@ impl Workload {
     pub fn replace_percent(self) -> u64 {
         match self {
             Workload::Mixed => 10,
-            Workload::HotGet | Workload::SpillReload => 0,
+            Workload::HotGet | Workload::SpillReload | Workload::ColdReload => 0,
         }
     }
 }
@@ -168,7 +174,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(&mut self, o: &Counters) {
+    pub fn add(&mut self, o: &Counters) {
         self.gets += o.gets;
         self.hits += o.hits;
         self.inserts += o.inserts;
