@@ -71,7 +71,7 @@ use crate::{Error, Location, SpillStore, Stats};
 ///   preempted.
 ///
 /// Dropping the last clone drops the store, which deletes its spill files
-/// on the dropping thread (and joins its compaction thread): in async code,
+/// on the dropping thread (and joins its compaction and spiller threads): in async code,
 /// drop the last clone on the blocking pool, e.g.
 /// `tokio::task::spawn_blocking(move || drop(store))`, or call
 /// [`SpillStore::cleanup`] there.
