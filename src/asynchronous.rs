@@ -5,7 +5,8 @@
 //! calling task, under the shard's lock, with no I/O: a memory hit is
 //! served at once, with no task hop. Only what needs the disk goes to
 //! tokio's blocking pool (`spawn_blocking`) and runs the synchronous call
-//! there: a reload, an insert that must write a value out (a victim without
+//! there: a reload whose record is not in the page cache (or whose return
+//! to memory must write a victim out), an insert that must write a value out (a victim without
 //! a disk copy, or a value larger than its shard's share), and a remove or
 //! replace that drops a spill record (which may punch a hole in its file or
 //! delete it). See [`AsyncSpillStore`] for which calls can still wait, and
@@ -37,7 +38,7 @@ use crate::{Error, Location, SpillStore, Stats};
 ///
 /// | call | inline, on the task | on the blocking pool |
 /// |---|---|---|
-/// | [`get`](Self::get) | value in memory, or absent | value only on disk: the reload (and the spills that make room for it) |
+/// | [`get`](Self::get) | value in memory, or absent; value on disk whose record the page cache holds (read with `preadv2(RWF_NOWAIT)`, which never waits for the disk), when bringing it back into memory needs no write | value on disk otherwise: the reload (and the spills that make room for it) |
 /// | [`insert`](Self::insert) | room is made only by evicting values that keep a disk copy (no write) | a victim must be written, the value is larger than its shard's share, or the value replaced has a disk record |
 /// | [`remove`](Self::remove) | the value is absent, or in memory without a disk copy | the value has a disk record (on disk, or a resident value's copy) |
 /// | all three | | the shard's lock is taken (see below) |
@@ -45,7 +46,8 @@ use crate::{Error, Location, SpillStore, Stats};
 ///
 /// # What may still block, and for how long
 ///
-/// Nothing inline reads, writes, punches or deletes a file, and the async
+/// Nothing inline waits for the disk (the one read it makes takes only what
+/// the page cache holds), writes, punches or deletes a file, and the async
 /// calls never wait for a lock: they try the shard's lock, and a call that
 /// finds it taken by a writer goes to the blocking pool, like one that
 /// needs the disk. (The store holds its locks only for in-memory sections,
@@ -254,7 +256,15 @@ where
         match probe {
             Probe::Resident(value) => Ok(Some((value, Location::Memory))),
             Probe::Absent => Ok(None),
-            Probe::OnDisk | Probe::Busy => {
+            Probe::OnDisk => match self.store.reload_without_io(key) {
+                Some(read) => read.map(|value| Some((value, Location::File))),
+                None => {
+                    let key = key.to_owned();
+                    self.blocking(move |store| store.get_with_location(key.borrow()))
+                        .await?
+                }
+            },
+            Probe::Busy => {
                 let key = key.to_owned();
                 self.blocking(move |store| store.get_with_location(key.borrow()))
                     .await?

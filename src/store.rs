@@ -816,6 +816,21 @@ where
         shard.get_resident(key, hash)
     }
 
+    /// The facade's inline reload, after [`get_resident`](Self::get_resident)
+    /// found the value on disk: the value, read from the page cache and
+    /// brought back into memory without a write, or `None` for
+    /// [`get`](Self::get) (see `Shard::reload_without_io`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn reload_without_io<Q>(&self, key: &Q) -> Option<Result<Bytes, Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (shard, hash) = self.route(key);
+        let spiller = self.spiller.as_ref().map(Worker::waker);
+        shard.reload_without_io(key, hash, spiller)
+    }
+
     /// The facade's inline `insert`: [`insert`](Self::insert) if it needs
     /// no I/O, else `Ok(Some((key, value)))` given back for `insert` (with
     /// only evictions done that `insert` would have done first). The size

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use super::state::{Payload, State, WriteGuard};
 use super::Shard;
 use crate::background::Waker;
+use crate::error::Error;
 use crate::lru::SlotId;
 use crate::stats::bump;
 
@@ -73,6 +74,59 @@ impl<K: Hash + Eq> Shard<K> {
             self.accesses.count_hit();
         }
         Probe::Resident(value)
+    }
+
+    /// [`Shard::get`] of a value on disk, if it needs no I/O: the record is
+    /// in the page cache (and its file open), and bringing the value back
+    /// into memory needs no write (room is made by respills only). `None`
+    /// otherwise, for the normal `get`; the victims respilled before giving
+    /// up are the ones it evicts first. Counts the reload (and a corruption)
+    /// exactly as `get` does, and only when it serves the value.
+    pub(crate) fn reload_without_io<Q>(
+        &self,
+        key: &Q,
+        hash: u64,
+        spiller: Option<&Waker>,
+    ) -> Option<Result<Bytes, Error>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let reader = {
+            let state = self.state.try_read()?;
+            match &state.entry(state.find(hash, key)?).payload {
+                Payload::Disk(record) => record.reader(),
+                Payload::Resident { .. } => return None, // promoted meanwhile
+            }
+        };
+        let len = reader.value_len();
+        if len > self.budget {
+            return None; // served from its mapping, which may fault
+        }
+        let bytes = match reader.read_copy_if_cached()? {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                if matches!(err, Error::Corrupted { .. }) {
+                    bump(&self.counters.corruptions, 1);
+                }
+                return Some(Err(err));
+            }
+        };
+        let mut guard = WriteGuard::new(self, self.state.try_write()?);
+        let (over, _) = guard.overflow::<Q>(len, None);
+        if over > 0 && !guard.evict_without_writes(over, None) {
+            return None;
+        }
+        if self.request_cleaning(guard.state().counts.memory_bytes.saturating_add(len)) {
+            if let Some(spiller) = spiller {
+                spiller.wake();
+            }
+        }
+        guard.promote(key, hash, &reader, &bytes);
+        drop(guard);
+        bump(&self.counters.reloads, 1);
+        bump(&self.counters.reloaded_bytes, len);
+        Some(Ok(bytes))
     }
 
     /// [`Shard::insert`] if it needs no I/O: room is made only by evicting

@@ -500,6 +500,29 @@ impl Segment {
         Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
     }
 
+    /// Reads the record `offset..end` with `pread`, if the file is open and
+    /// the page cache holds all of the record: `None` otherwise, having
+    /// waited for no disk and opened no file (`preadv2(RWF_NOWAIT)`; under
+    /// Miri, always `None`). What is read is verified like any read. A file
+    /// shortened behind the store's back reads short: `None` too, and the
+    /// normal read reports it.
+    #[cfg(feature = "tokio")]
+    fn read_cached(&self, offset: u64, end: u64) -> Option<Result<Bytes, Error>> {
+        let file = Arc::clone(&self.handle.lock().as_ref()?.file);
+        self.referenced.store(true, Ordering::Relaxed);
+        let len = usize::try_from(end - offset).ok()?;
+        let mut buf = Vec::with_capacity(len);
+        match sys::pread_append(&file, &mut buf, offset, true) {
+            Ok(read) if read >= len => buf.truncate(len),
+            _ => return None,
+        }
+        let (header, value) = buf.split_at(HEADER_LEN as usize);
+        let verified = self.check_header(header, offset, end).and_then(|()| {
+            record::check_value(header, value).map_err(|r| self.corrupted(offset, r))
+        });
+        Some(verified.map(|()| Bytes::from(buf).slice(HEADER_LEN as usize..)))
+    }
+
     /// Reads the record `offset..end` through the file's mapping.
     ///
     /// The file's current length is checked before the mapping is touched, so
@@ -752,5 +775,16 @@ impl RecordReader {
     /// on the file: for values brought back into memory.
     pub(crate) fn read_copy(&self) -> Result<Bytes, Error> {
         self.pin.segment.read(&self.pin, self.value_len(), true)
+    }
+
+    /// [`read_copy`](Self::read_copy) if it needs no wait for the disk and
+    /// no file opened: `None` when the page cache does not hold the whole
+    /// record, or the file is closed. For callers that must not block (the
+    /// async facade's inline path).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn read_copy_if_cached(&self) -> Option<Result<Bytes, Error>> {
+        let offset = self.pin.offset;
+        let end = offset.checked_add(self.pin.len)?;
+        self.pin.segment.read_cached(offset, end)
     }
 }
