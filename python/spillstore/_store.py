@@ -64,6 +64,13 @@ class SpillStore(_spillstore.StoreCore, collections.abc.MutableMapping):  # type
             (allocated blocks, as `du` counts them); needs `dump_dir`. A
             spill that would go past it fails the `s[k] = v` that needed it
             with `ObjectSizeExceededError` ("disk limit"), storing nothing.
+        clean_ahead: Bytes of resident values, nearest the LRU tails, that a
+            background thread keeps written to disk ahead of need, so that
+            the assignment that evicts them writes nothing (needs
+            `dump_dir`; 0 turns it off; default a quarter of `max_size`, at
+            most 256 MiB). What is in memory, and the eviction order, are the
+            same either way; it costs disk space and the writes of copies
+            whose values are replaced before they are evicted.
 
     Values are stored as copies of any bytes-like object (`bytes`,
     `bytearray`, `memoryview`, ...) and read back as new `bytes`. Every

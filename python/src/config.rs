@@ -16,6 +16,8 @@ pub(crate) struct Settings {
     pub(crate) dump_dir: Option<PathBuf>,
     pub(crate) shards: Option<usize>,
     pub(crate) max_disk_size: Option<u64>,
+    /// `Builder::clean_ahead`, if given.
+    pub(crate) clean_ahead: Option<u64>,
 }
 
 /// A size argument: `None`, or a non-negative int. Negative sizes are a
@@ -58,6 +60,9 @@ impl Settings {
         }
         if let Some(n) = self.shards {
             builder = builder.shards(n);
+        }
+        if let Some(bytes) = self.clean_ahead {
+            builder = builder.clean_ahead(bytes);
         }
         apply_max_disk_size(builder, self.max_disk_size)
     }

@@ -145,7 +145,10 @@ impl StoreCore {
 #[pymethods]
 impl StoreCore {
     #[new]
-    #[pyo3(signature = (max_size=None, max_object_size=None, dump_dir=None, *, shards=None, max_disk_size=None))]
+    #[pyo3(signature = (
+        max_size=None, max_object_size=None, dump_dir=None, *,
+        shards=None, max_disk_size=None, clean_ahead=None,
+    ))]
     fn new(
         py: Python<'_>,
         max_size: Option<i128>,
@@ -153,6 +156,7 @@ impl StoreCore {
         dump_dir: Option<PathBuf>,
         shards: Option<i128>,
         max_disk_size: Option<i128>,
+        clean_ahead: Option<i128>,
     ) -> PyResult<Self> {
         let settings = Settings {
             max_size: size_arg("max_size", max_size)?,
@@ -160,6 +164,7 @@ impl StoreCore {
             dump_dir,
             shards: shards_arg(shards)?,
             max_disk_size: size_arg("max_disk_size", max_disk_size)?,
+            clean_ahead: size_arg("clean_ahead", clean_ahead)?,
         };
         StoreCore::open(py, settings, |builder| builder)
     }
@@ -509,6 +514,7 @@ impl EndpointStorageCore {
             dump_dir,
             shards: None,
             max_disk_size: None,
+            clean_ahead: None,
         };
         let core = StoreCore::open(py, settings, endpoint_storage_order)?;
         Ok(PyClassInitializer::from(core).add_subclass(EndpointStorageCore))
