@@ -741,6 +741,8 @@ fn copies_kept_for_re_eviction_are_given_up_before_refusing() {
         .segment_size(16 << 10)
         .shards(1)
         .exact_lru(true)
+        // Only the copies reloads keep: none written ahead at odd times.
+        .clean_ahead(0)
         .build()
         .unwrap();
     for k in 0..4 {

@@ -18,11 +18,15 @@ fn store_in(
     segment_size: u64,
     shards: usize,
 ) -> SpillStore<u64> {
+    // No copies written ahead: which insert meets the full disk, and which
+    // victims it must write, must not depend on the spiller's timing (its
+    // own writes meeting a full disk only leave values without copies).
     SpillStore::builder()
         .max_size(max_size)
         .dump_dir(dump.as_ref())
         .segment_size(segment_size)
         .shards(shards)
+        .clean_ahead(0)
         .build()
         .unwrap()
 }
