@@ -348,21 +348,7 @@ where
     /// ```
     pub fn insert(&self, key: K, value: impl Into<Bytes>) -> Result<(), Error> {
         let value = value.into();
-        let size = value.len() as u64;
-        if let Some(limit) = self.max_object_size.filter(|&l| size > l) {
-            return Err(Error::ObjectTooLarge {
-                size,
-                limit,
-                kind: LimitKind::Object,
-            });
-        }
-        if let Some(limit) = self.max_size.filter(|&l| size > l) {
-            return Err(Error::ObjectTooLarge {
-                size,
-                limit,
-                kind: LimitKind::Memory,
-            });
-        }
+        self.check_size(value.len() as u64)?;
         let (shard, hash) = self.route(&key);
         shard.insert(key, hash, value, self.disk())?;
         self.compact_when_due();
@@ -867,8 +853,8 @@ where
         Some(removed)
     }
 
-    /// The size limits of [`insert`](Self::insert), as it checks them.
-    #[cfg(feature = "tokio")]
+    /// The size limits of [`insert`](Self::insert): `ObjectTooLarge` for a
+    /// value over `max_object_size` or `max_size`.
     fn check_size(&self, size: u64) -> Result<(), Error> {
         if let Some(limit) = self.max_object_size.filter(|&l| size > l) {
             return Err(Error::ObjectTooLarge {
