@@ -494,10 +494,16 @@ impl Segment {
         // `with_capacity` may give more room than asked; what lies past the
         // record is not ours to return.
         buf.truncate(len);
-        let (header, value) = buf.split_at(HEADER_LEN as usize);
+        self.verified_value(buf, offset, end)
+    }
+
+    /// The value of the record `offset..end` read whole into `record`
+    /// (header and value), once its header and checksum are verified.
+    fn verified_value(&self, record: Vec<u8>, offset: u64, end: u64) -> Result<Bytes, Error> {
+        let (header, value) = record.split_at(HEADER_LEN as usize);
         self.check_header(header, offset, end)?;
         record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-        Ok(Bytes::from(buf).slice(HEADER_LEN as usize..))
+        Ok(Bytes::from(record).slice(HEADER_LEN as usize..))
     }
 
     /// Reads the record `offset..end` with `pread`, if the file is open and
@@ -516,11 +522,7 @@ impl Segment {
             Ok(read) if read >= len => buf.truncate(len),
             _ => return None,
         }
-        let (header, value) = buf.split_at(HEADER_LEN as usize);
-        let verified = self.check_header(header, offset, end).and_then(|()| {
-            record::check_value(header, value).map_err(|r| self.corrupted(offset, r))
-        });
-        Some(verified.map(|()| Bytes::from(buf).slice(HEADER_LEN as usize..)))
+        Some(self.verified_value(buf, offset, end))
     }
 
     /// Reads the record `offset..end` through the file's mapping.
