@@ -8,7 +8,7 @@
 //! schedule (rayon's pool) checks `cfg(shuttle)` where it is called.
 
 #[cfg(not(shuttle))]
-pub(crate) use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+pub(crate) use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Atomics shared between threads: std's, or shuttle's under `cfg(shuttle)`.
 pub(crate) mod atomic {
@@ -26,7 +26,7 @@ pub(crate) fn yield_now() {
 }
 
 #[cfg(shuttle)]
-pub(crate) use self::model::{yield_now, Mutex, RwLock, RwLockWriteGuard};
+pub(crate) use self::model::{yield_now, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[cfg(shuttle)]
 mod model {

@@ -64,15 +64,8 @@ impl<K: Hash + Eq> Shard<K> {
             return Probe::OnDisk;
         };
         let value = value.clone();
-        // The bookkeeping of a memory hit in `Shard::get`, step for step.
-        if self.exact_lru {
-            drop(state);
-            self.record_access(slot);
-        } else {
-            state.slab.mark(slot);
-            drop(state);
-            self.accesses.count_hit();
-        }
+        // The bookkeeping of a memory hit in `Shard::get`.
+        self.note_hit(state, slot);
         Probe::Resident(value)
     }
 

@@ -30,7 +30,7 @@ use crate::lru::SlotId;
 use crate::spill::{Record, SpillDir};
 use crate::stats::{bump, Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64};
-use crate::sync::{yield_now, RwLock};
+use crate::sync::{yield_now, RwLock, RwLockReadGuard};
 use crate::Location;
 
 pub(crate) use clean::Frontier;
@@ -167,15 +167,7 @@ where
             match &state.entry(slot).payload {
                 Payload::Resident { value, .. } => {
                     let value = value.clone();
-                    if self.exact_lru {
-                        drop(state);
-                        self.record_access(slot);
-                    } else {
-                        // CLOCK: one relaxed store at most, under the read lock.
-                        state.slab.mark(slot);
-                        drop(state);
-                        self.accesses.count_hit();
-                    }
+                    self.note_hit(state, slot);
                     return Ok(Some((value, Location::Memory)));
                 }
                 Payload::Disk(record) => record.reader(),
@@ -257,6 +249,21 @@ where
         }
         self.counters.add_to(stats);
         stats.hits += self.accesses.hits();
+    }
+
+    /// The bookkeeping of a memory hit on `slot`, found under `state` (the
+    /// read lock, released here): CLOCK marks the slot under the lock (one
+    /// relaxed store at most) and counts the hit; exact LRU records it for
+    /// the next writer, after the lock is released.
+    fn note_hit(&self, state: RwLockReadGuard<'_, State<K>>, slot: SlotId) {
+        if self.exact_lru {
+            drop(state);
+            self.record_access(slot);
+        } else {
+            state.slab.mark(slot);
+            drop(state);
+            self.accesses.count_hit();
+        }
     }
 
     /// Records a memory hit on `slot` for the LRU order without a write lock.
