@@ -11,10 +11,14 @@
 //!
 //! The queues are striped by thread, so threads reading the same hot shard
 //! do not contend on one queue's tail; each stripe also counts its hits, so
-//! counting does not contend either. A single thread always uses the same
-//! stripe, so its accesses replay in order and the LRU order it sees is
-//! exact. When a stripe is full and the write lock is busy, the access is
-//! dropped: under contention recency is approximate.
+//! counting does not contend either. A stripe's counter has one writer, the
+//! live thread whose number (see [`thread_number`]) is the stripe's index,
+//! so a hit costs a plain load and store, not a locked add; threads without
+//! a stripe of their own (more threads than stripes, or a thread in its
+//! teardown) count on a shared counter with an atomic add. A single thread
+//! always uses the same stripe, so its accesses replay in order and the LRU
+//! order it sees is exact. When a stripe is full and the write lock is busy,
+//! the access is dropped: under contention recency is approximate.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -39,6 +43,8 @@ struct Stripe {
 /// Striped, lossy queues of recent memory hits of one shard.
 pub(crate) struct AccessLog {
     stripes: Box<[CachePadded<Stripe>]>,
+    /// Hits of threads that own no stripe (atomic adds).
+    shared_hits: CachePadded<AtomicU64>,
 }
 
 impl AccessLog {
@@ -51,23 +57,48 @@ impl AccessLog {
                 })
             })
             .collect();
-        AccessLog { stripes }
+        AccessLog {
+            stripes,
+            shared_hits: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     /// Counts a hit on `slot` and queues it for replay. Returns `false` when
     /// the calling thread's stripe is full: the caller should replay the log
     /// if it can take the write lock without waiting, or else let it go.
     pub(crate) fn record(&self, slot: SlotId) -> bool {
-        let stripe = &self.stripes[thread_stripe() & (self.stripes.len() - 1)];
-        stripe.hits.fetch_add(1, Ordering::Relaxed);
+        let number = thread_number();
+        self.count(number);
+        // Queues take any number of producers: threads beyond the stripes
+        // share them.
+        let stripe = &self.stripes[number.unwrap_or(0) & (self.stripes.len() - 1)];
         stripe.queue.push(slot).is_ok()
     }
 
-    /// Counts a hit without queueing it (approximate recency): a relaxed
-    /// add on the calling thread's own stripe, so threads do not contend.
+    /// Counts a hit without queueing it (approximate recency), on the
+    /// calling thread's own stripe, so threads do not contend.
     pub(crate) fn count_hit(&self) {
-        let stripe = &self.stripes[thread_stripe() & (self.stripes.len() - 1)];
-        stripe.hits.fetch_add(1, Ordering::Relaxed);
+        self.count(thread_number());
+    }
+
+    /// Counts a hit of the thread numbered `number`.
+    fn count(&self, number: Option<usize>) {
+        match number.and_then(|n| self.stripes.get(n)) {
+            // Under shuttle every modelled thread shares one OS thread and
+            // so one number: it must add atomically.
+            Some(stripe) if !cfg!(shuttle) => {
+                // Only the live thread holding this number writes this
+                // counter (numbers are unique among live threads, and one
+                // passes to the next holder under a mutex, which orders the
+                // writes of both): a load and a store lose no hit, and
+                // cost no locked instruction.
+                let hits = stripe.hits.load(Ordering::Relaxed);
+                stripe.hits.store(hits + 1, Ordering::Relaxed);
+            }
+            _ => {
+                self.shared_hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Hands every queued slot to `apply`, stripe by stripe, each in the
@@ -87,10 +118,12 @@ impl AccessLog {
 
     /// Hits recorded so far.
     pub(crate) fn hits(&self) -> u64 {
-        self.stripes
+        let striped: u64 = self
+            .stripes
             .iter()
             .map(|s| s.hits.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        striped + self.shared_hits.load(Ordering::Relaxed)
     }
 }
 
@@ -110,8 +143,9 @@ fn stripe_count() -> usize {
 /// that run at the same time get distinct stripes (as long as there are
 /// fewer of them than stripes), however many threads came and went before;
 /// numbering threads in turn for the process's life would let two live
-/// threads share a stripe's cache line.
-fn thread_stripe() -> usize {
+/// threads share a stripe's cache line. `None` during the thread's
+/// teardown, once its number is given back.
+fn thread_number() -> Option<usize> {
     /// Numbers given back by exited threads. A std lock: this runs once per
     /// thread, and the model checker need not see it.
     static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -136,8 +170,7 @@ fn thread_stripe() -> usize {
     thread_local! {
         static NUMBER: Number = take();
     }
-    // During thread teardown the number may be gone already: any stripe will do.
-    NUMBER.try_with(|n| n.0).unwrap_or(0)
+    NUMBER.try_with(|n| n.0).ok()
 }
 
 #[cfg(test)]
@@ -169,13 +202,41 @@ mod tests {
     }
 
     #[test]
+    fn hits_stay_exact_with_more_threads_than_stripes_and_numbers_reused() {
+        const HITS: usize = if cfg!(miri) { 50 } else { 200_000 };
+        let log = AccessLog::new();
+        let threads = 2 * stripe_count() + 1;
+        // Two waves: the second wave's threads take the numbers the first
+        // wave gave back, and continue those stripes' counters.
+        let start = std::sync::Barrier::new(threads);
+        for _wave in 0..2 {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        start.wait(); // all at once, to race if they can
+                        for i in 0..HITS {
+                            if i % 100 == 0 {
+                                let _queued = log.record(0); // counted even if full
+                            } else {
+                                log.count_hit();
+                            }
+                        }
+                    });
+                }
+            });
+            log.discard();
+        }
+        assert_eq!(log.hits(), 2 * (threads * HITS) as u64);
+    }
+
+    #[test]
     fn threads_alive_together_get_distinct_stripes() {
         let barrier = std::sync::Barrier::new(4);
         let numbers: Vec<usize> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
                     scope.spawn(|| {
-                        let n = thread_stripe();
+                        let n = thread_number().unwrap();
                         barrier.wait(); // all four hold their numbers at once
                         n
                     })

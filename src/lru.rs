@@ -63,12 +63,42 @@ impl<T> Slot<T> {
         *prev = (*prev & MARK) | id;
     }
 
+    /// Sets the mark through a shared reference: one relaxed load, and a
+    /// relaxed store only if it was not set.
+    fn mark(&self) {
+        let prev = self.prev.load(Relaxed);
+        if prev & MARK == 0 {
+            // No one else writes `prev` while shared references exist, so
+            // storing the whole word cannot undo another change.
+            self.prev.store(prev | MARK, Relaxed);
+        }
+    }
+
     /// Clears the mark; says whether it was set.
     fn take_mark(&mut self) -> bool {
         let prev = self.prev.get_mut();
         let marked = *prev & MARK != 0;
         *prev &= !MARK;
         marked
+    }
+}
+
+/// An occupied slot seen through a shared reference: its item, and its
+/// reference mark to set (see [`LinkedSlab::get_markable`]).
+pub(crate) struct Markable<'a, T> {
+    slot: &'a Slot<T>,
+    item: &'a T,
+}
+
+impl<'a, T> Markable<'a, T> {
+    /// The slot's item.
+    pub(crate) fn item(&self) -> &'a T {
+        self.item
+    }
+
+    /// Sets the slot's reference mark, as [`LinkedSlab::mark`] does.
+    pub(crate) fn mark(&self) {
+        self.slot.mark();
     }
 }
 
@@ -289,15 +319,19 @@ impl<T> LinkedSlab<T> {
     /// Sets the reference mark of slot `id` (through a shared reference:
     /// one relaxed load, and a relaxed store only if it was not set).
     /// Does nothing for an id beyond the slab.
+    #[cfg(test)]
     pub(crate) fn mark(&self, id: SlotId) {
         if let Some(slot) = self.slots.get(id) {
-            let prev = slot.prev.load(Relaxed);
-            if prev & MARK == 0 {
-                // No one else writes `prev` while shared references exist,
-                // so storing the whole word cannot undo another change.
-                slot.prev.store(prev | MARK, Relaxed);
-            }
+            slot.mark();
         }
+    }
+
+    /// The item in `id`, if the slot is occupied, with the means to mark the
+    /// slot: a reader that finds an item and then marks it looks the slot up
+    /// once.
+    pub(crate) fn get_markable(&self, id: SlotId) -> Option<Markable<'_, T>> {
+        let slot = self.slots.get(id)?;
+        slot.item.as_ref().map(|item| Markable { slot, item })
     }
 
     /// Whether slot `id` carries a reference mark (through a shared

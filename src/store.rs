@@ -482,7 +482,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        Ok(self.get_with_location(key)?.map(|(value, _)| value))
+        let (shard, hash) = self.route(key);
+        Ok(shard.get(key, hash, self.disk())?.map(|(value, _)| value))
     }
 
     /// Like [`get`](Self::get), and also says where this call found the

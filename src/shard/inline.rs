@@ -56,11 +56,11 @@ impl<K: Hash + Eq> Shard<K> {
         let Some(state) = self.state.try_read() else {
             return Probe::Busy;
         };
-        let Some(slot) = state.find(hash, key) else {
+        let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
             bump(&self.counters.misses, 1);
             return Probe::Absent;
         };
-        let Payload::Resident { value, .. } = &state.entry(slot).payload else {
+        let Payload::Resident { value, .. } = &entry.payload else {
             return Probe::OnDisk;
         };
         let value = value.clone();

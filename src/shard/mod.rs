@@ -27,7 +27,7 @@ use crate::access::AccessLog;
 use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
-use crate::spill::{Record, SpillDir};
+use crate::spill::{Record, RecordReader, SpillDir};
 use crate::stats::{bump, Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64};
 use crate::sync::{yield_now, RwLock, RwLockReadGuard};
@@ -142,8 +142,8 @@ where
             self.write().store(key, hash, Payload::Disk(record));
             return Ok(());
         }
-        let mut guard = self.lock_with_room(len, Some((&key, hash)), disk)?;
-        guard.store(key, hash, Payload::Resident { value, copy: None });
+        let (mut guard, found) = self.lock_with_room(len, Some((&key, hash)), disk)?;
+        guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
         Ok(())
     }
 
@@ -160,11 +160,11 @@ where
     {
         let reader = {
             let state = self.state.read();
-            let Some(slot) = state.find(hash, key) else {
+            let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
                 bump(&self.counters.misses, 1);
                 return Ok(None);
             };
-            match &state.entry(slot).payload {
+            match &entry.payload {
                 Payload::Resident { value, .. } => {
                     let value = value.clone();
                     self.note_hit(state, slot);
@@ -173,6 +173,24 @@ where
                 Payload::Disk(record) => record.reader(),
             }
         };
+        self.reload(key, hash, reader, disk)
+    }
+
+    /// The rest of [`get`](Self::get) for a value on disk: reads it, and
+    /// brings it back into memory if it fits. Kept out of line, so that the
+    /// memory hit stays a short function.
+    #[inline(never)]
+    fn reload<Q>(
+        &self,
+        key: &Q,
+        hash: u64,
+        reader: RecordReader,
+        disk: Option<Disk<'_, K>>,
+    ) -> Result<Option<(Bytes, Location)>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let len = reader.value_len();
         // A value that will be resident again is copied out of the mapping,
         // so later hits never depend on the file; one that stays on disk is
@@ -193,7 +211,7 @@ where
         if promotable {
             // Failing to make room is not an error: the bytes read are
             // served anyway, just not brought back into memory.
-            if let Ok(mut guard) = self.lock_with_room::<Q>(len, None, disk) {
+            if let Ok((mut guard, _)) = self.lock_with_room::<Q>(len, None, disk) {
                 guard.promote(key, hash, &reader, &bytes);
             }
         }
@@ -252,16 +270,15 @@ where
     }
 
     /// The bookkeeping of a memory hit on `slot`, found under `state` (the
-    /// read lock, released here): CLOCK marks the slot under the lock (one
-    /// relaxed store at most) and counts the hit; exact LRU records it for
-    /// the next writer, after the lock is released.
+    /// read lock, released here) by [`State::find_for_read`], which set the
+    /// CLOCK mark if the policy is CLOCK: that policy only counts the hit;
+    /// exact LRU records it for the next writer. Both after the lock is
+    /// released.
     fn note_hit(&self, state: RwLockReadGuard<'_, State<K>>, slot: SlotId) {
+        drop(state);
         if self.exact_lru {
-            drop(state);
             self.record_access(slot);
         } else {
-            state.slab.mark(slot);
-            drop(state);
             self.accesses.count_hit();
         }
     }
@@ -295,12 +312,16 @@ where
     /// first, in every shard (with this shard's lock released), and the write
     /// retried. A promotion (`replacing` is `None`) does not: it walks every
     /// entry, and a value that cannot be promoted is served anyway.
+    ///
+    /// Also returns the slot of the key replaced, as looked up under the
+    /// returned guard (`None` if absent, or if not replacing), so that the
+    /// caller's store need not look it up again.
     fn lock_with_room<Q>(
         &self,
         len: u64,
         replacing: Option<(&Q, u64)>,
         disk: Option<Disk<'_, K>>,
-    ) -> Result<WriteGuard<'_, K>, Error>
+    ) -> Result<(WriteGuard<'_, K>, Option<SlotId>), Error>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -316,7 +337,7 @@ where
                         spiller.wake();
                     }
                 }
-                return Ok(guard);
+                return Ok((guard, keep));
             }
             let disk = disk.expect("a bounded shard always has a dump dir");
             let spill = disk.dir;

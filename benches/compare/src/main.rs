@@ -258,6 +258,85 @@ fn run_store(
     Ok(summarize(peer, spec, preload, reps, notes))
 }
 
+/// A store of an in-memory cell, built and warmed up, taking its turns.
+struct TurnTaker {
+    peer: Peer,
+    store: Box<dyn store::Store>,
+    preload: Duration,
+    states: Vec<workload::ThreadState>,
+    reps: Vec<Rep>,
+}
+
+/// Runs the stores of an in-memory cell (hot-get, mixed) in turns: all are
+/// built, preloaded and warmed up first, then each repetition runs every
+/// store once, in `peers` order. A drift in a shared machine's speed then
+/// hits every store of a repetition alike, and the ratio of two stores is
+/// taken per repetition (see [`paired_ops_ratio`]), not between figures
+/// measured a minute apart.
+fn run_turns(
+    cli: &Cli,
+    spec: &CellSpec,
+    cell: &Cell<'_>,
+    peers: &[Peer],
+    cfg_of: impl Fn(Peer) -> Result<StoreConfig>,
+) -> Vec<StoreResult> {
+    let mut results = Vec::new();
+    let mut takers = Vec::new();
+    for &peer in peers {
+        eprintln!(
+            "preloading {} {} x{} thr={} on {} ...",
+            spec.workload.name(),
+            size_label(spec.value_size),
+            spec.n_keys,
+            spec.threads,
+            peer.name()
+        );
+        let built = cfg_of(peer).and_then(|cfg| {
+            let store = store::build(peer, &cfg)?;
+            let preload = workload::preload(store.as_ref(), cell.keys, spec.value_size)?;
+            let mut states = workload::thread_states(spec.threads);
+            let warmup = Duration::from_secs_f64(cli.warmup);
+            if cli.warmup > 0.0 {
+                workload::run_window(store.as_ref(), cell, &mut states, warmup)?;
+            }
+            Ok(TurnTaker {
+                peer,
+                store,
+                preload,
+                states,
+                reps: Vec::new(),
+            })
+        });
+        match built {
+            Ok(taker) => takers.push(taker),
+            Err(e) => results.push(error_result(peer, spec, &e)),
+        }
+    }
+    for rep in 0..cli.reps.max(1) {
+        eprintln!("  repetition {} of {}", rep + 1, cli.reps.max(1));
+        for t in &mut takers {
+            let window = Duration::from_secs_f64(cli.secs);
+            let reloads_before = t.store.reloads();
+            match workload::run_window(t.store.as_ref(), cell, &mut t.states, window) {
+                Ok((c, elapsed)) => t.reps.push(rep_of(
+                    c,
+                    elapsed,
+                    reloads_before,
+                    t.store.reloads(),
+                    spec.value_size,
+                )),
+                Err(e) => eprintln!("ERROR: {}: {e:#}", t.peer.name()),
+            }
+        }
+    }
+    for t in takers {
+        let notes = t.store.notes();
+        drop(t.store);
+        results.push(summarize(t.peer, spec, t.preload, t.reps, notes));
+    }
+    results
+}
+
 /// A store of a cold-reload cell, preloaded, with its directory.
 struct ColdPeer {
     peer: Peer,
@@ -511,6 +590,9 @@ fn print_header(info: &MachineInfo, cli: &Cli, budget: u64, dump_root: &Path) {
     println!(
         "- quick_cache and moka are caches: beyond the budget they drop data; their hit ratio says how much"
     );
+    println!(
+        "- hot-get and mixed: the stores of a cell take turns, each repetition running every store once; their 'vs spillstore' is the median of the per-repetition ratios"
+    );
     println!();
 }
 
@@ -554,7 +636,11 @@ fn print_table(results: &[StoreResult]) {
         let ratio = match base {
             Some(b) if r.error.is_none() && b.ops_per_sec > 0.0 => {
                 let lossy = if r.hit_ratio < 1.0 { "*" } else { "" };
-                format!("{:.2}x{lossy}", r.ops_per_sec / b.ops_per_sec)
+                let ratio = match r.cell.workload {
+                    Workload::HotGet | Workload::Mixed => paired_ops_ratio(r, b),
+                    _ => r.ops_per_sec / b.ops_per_sec,
+                };
+                format!("{ratio:.2}x{lossy}")
             }
             _ => "-".to_owned(),
         };
@@ -648,6 +734,18 @@ fn paired_ratio(r: &StoreResult, base: &StoreResult) -> f64 {
             .iter()
             .zip(&base.reps)
             .map(|(a, b)| reload_rate(a, size) / reload_rate(b, size))
+            .collect(),
+    )
+}
+
+/// The median over the repetitions of `r`'s ops/s divided by `base`'s in
+/// the same repetition (in-memory cells take turns: see [`run_turns`]).
+fn paired_ops_ratio(r: &StoreResult, base: &StoreResult) -> f64 {
+    median(
+        r.reps
+            .iter()
+            .zip(&base.reps)
+            .map(|(a, b)| a.ops_per_sec / b.ops_per_sec)
             .collect(),
     )
 }
@@ -784,6 +882,42 @@ fn main() -> Result<()> {
             };
             let peers = preload_cold_peers(spec, &cell, &peers_of(spec.workload), dirs, budget)?;
             results.extend(run_cold_cell(&cli, spec, &cell, peers)?);
+            continue;
+        }
+        if matches!(spec.workload, Workload::HotGet | Workload::Mixed) {
+            let dir_of = |peer: Peer| {
+                root.join(format!(
+                    "{ci:02}-{}-{}-t{}-{}",
+                    spec.workload.name(),
+                    spec.value_size,
+                    spec.threads,
+                    peer.name()
+                ))
+            };
+            let cfg_of = |peer: Peer| -> Result<StoreConfig> {
+                let dir = dir_of(peer);
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                Ok(StoreConfig {
+                    budget,
+                    value_size: spec.value_size,
+                    n_keys: spec.n_keys,
+                    dir,
+                })
+            };
+            let peers = peers_of(spec.workload);
+            for result in run_turns(&cli, spec, &cell, &peers, cfg_of) {
+                if result.corrupt > 0 {
+                    eprintln!(
+                        "ERROR: {} returned {} corrupt values",
+                        result.store.name(),
+                        result.corrupt
+                    );
+                }
+                results.push(result);
+            }
+            for peer in peers {
+                std::fs::remove_dir_all(dir_of(peer)).ok();
+            }
             continue;
         }
         for peer in peers_of(spec.workload) {
