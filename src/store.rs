@@ -14,7 +14,7 @@ use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
 #[cfg(feature = "tokio")]
 use crate::shard::Probe;
-use crate::shard::{Disk, Frontier, Shard};
+use crate::shard::{Disk, Frontier, Lookup, Shard};
 use crate::spill::SpillDir;
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -483,7 +483,14 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        Ok(shard.get(key, hash, self.disk())?.map(|(value, _)| value))
+        match shard.lookup(key, hash) {
+            Lookup::Memory(value) => Ok(Some(value)),
+            Lookup::Absent => Ok(None),
+            Lookup::Disk(reader) => {
+                let read = shard.reload(key, hash, reader, self.disk())?;
+                Ok(read.map(|(value, _)| value))
+            }
+        }
     }
 
     /// Like [`get`](Self::get), and also says where this call found the

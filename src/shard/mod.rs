@@ -39,6 +39,16 @@ pub(crate) use inline::Probe;
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
 
+/// What [`Shard::lookup`] found for a key.
+pub(crate) enum Lookup {
+    /// The value, in memory.
+    Memory(Bytes),
+    /// Not stored.
+    Absent,
+    /// On disk: [`Shard::reload`] reads it with this.
+    Disk(RecordReader),
+}
+
 /// The dump dir as a shard's operations see it: where to spill, the other
 /// shards, whose disk copies a spill that meets the disk budget may give
 /// up, and the spiller to wake when a shard nears its budget (`None` under
@@ -158,29 +168,42 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let reader = {
-            let state = self.state.read();
-            let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
-                bump(&self.counters.misses, 1);
-                return Ok(None);
-            };
-            match &entry.payload {
-                Payload::Resident { value, .. } => {
-                    let value = value.clone();
-                    self.note_hit(state, slot);
-                    return Ok(Some((value, Location::Memory)));
-                }
-                Payload::Disk(record) => record.reader(),
-            }
-        };
-        self.reload(key, hash, reader, disk)
+        match self.lookup(key, hash) {
+            Lookup::Memory(value) => Ok(Some((value, Location::Memory))),
+            Lookup::Absent => Ok(None),
+            Lookup::Disk(reader) => self.reload(key, hash, reader, disk),
+        }
     }
 
-    /// The rest of [`get`](Self::get) for a value on disk: reads it, and
-    /// brings it back into memory if it fits. Kept out of line, so that the
-    /// memory hit stays a short function.
+    /// The first half of [`get`](Self::get), under the read lock: a memory
+    /// hit (counted, and marked for recency), a miss (counted), or the
+    /// reader of a value on disk for [`reload`](Self::reload). Its result
+    /// is small and holds no `Result`, so the hit path copies little.
+    pub(crate) fn lookup<Q>(&self, key: &Q, hash: u64) -> Lookup
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let state = self.state.read();
+        let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
+            bump(&self.counters.misses, 1);
+            return Lookup::Absent;
+        };
+        match &entry.payload {
+            Payload::Resident { value, .. } => {
+                let value = value.clone();
+                self.note_hit(state, slot);
+                Lookup::Memory(value)
+            }
+            Payload::Disk(record) => Lookup::Disk(record.reader()),
+        }
+    }
+
+    /// The rest of [`get`](Self::get) for a value on disk: reads it with
+    /// `reader`, and brings it back into memory if it fits. Kept out of
+    /// line, so that the memory hit stays a short function.
     #[inline(never)]
-    fn reload<Q>(
+    pub(crate) fn reload<Q>(
         &self,
         key: &Q,
         hash: u64,
