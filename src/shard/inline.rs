@@ -110,7 +110,8 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, None) {
             return None;
         }
-        if self.request_cleaning(guard.state().counts.memory_bytes.saturating_add(len)) {
+        let counts = guard.state().counts;
+        if self.request_cleaning(counts.memory_bytes.saturating_add(len), counts.dirty_bytes) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }
@@ -156,8 +157,9 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, keep) {
             return Err((key, value));
         }
-        let memory = guard.state().counts.memory_bytes.saturating_add(len);
-        if self.request_cleaning(memory) {
+        let counts = guard.state().counts;
+        let (memory, dirty) = (counts.memory_bytes, counts.dirty_bytes);
+        if self.request_cleaning(memory.saturating_add(len), dirty.saturating_add(len)) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }

@@ -354,8 +354,12 @@ where
         loop {
             let (over, keep) = guard.overflow(len, replacing);
             if over == 0 {
-                let memory = guard.state().counts.memory_bytes.saturating_add(len);
-                if self.request_cleaning(memory) {
+                // An insert adds a value without a copy; a promotion, one
+                // with its record as copy.
+                let counts = guard.state().counts;
+                let memory = counts.memory_bytes.saturating_add(len);
+                let added = if replacing.is_some() { len } else { 0 };
+                if self.request_cleaning(memory, counts.dirty_bytes.saturating_add(added)) {
                     if let Some(spiller) = disk.and_then(|d| d.spiller) {
                         spiller.wake();
                     }

@@ -4,7 +4,7 @@
 //!
 //! | state    | payload                  | in LRU list | counted in                        |
 //! |----------|--------------------------|-------------|-----------------------------------|
-//! | memory   | `Resident`, copy or not  | yes         | `memory_bytes`, `memory_entries`  |
+//! | memory   | `Resident`, copy or not  | yes         | `memory_bytes`, `memory_entries`; `dirty_bytes` without a copy |
 //! | spilling | `Resident`, no copy      | no          | the same, and `spilling_bytes`    |
 //! | disk     | `Disk`                   | no          | `disk_bytes`                      |
 //!
@@ -93,7 +93,10 @@ impl Payload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Place {
     Absent,
-    Memory,
+    /// In memory and in the LRU list; `copy`: with an intact disk copy.
+    Memory {
+        copy: bool,
+    },
     Spilling,
     Disk,
 }
@@ -163,6 +166,9 @@ pub(super) struct Counts {
     pub(super) spilling_bytes: u64,
     /// Bytes of values only on disk.
     pub(super) disk_bytes: u64,
+    /// Bytes of values in the memory state without a disk copy: what the
+    /// spiller may have to clean (nothing to wake it for when zero).
+    pub(super) dirty_bytes: u64,
     /// Values in memory (memory and spilling states).
     pub(super) memory_entries: usize,
 }
@@ -292,7 +298,9 @@ impl<'a, K> WriteGuard<'a, K> {
         let state = self.state();
         let keep = replacing.and_then(|(key, hash)| state.find(hash, key));
         let credit = match keep {
-            Some(slot) if state.place(slot) == Place::Memory => state.entry(slot).payload.len(),
+            Some(slot) if matches!(state.place(slot), Place::Memory { .. }) => {
+                state.entry(slot).payload.len()
+            }
             _ => 0,
         };
         let needed = (state.counts.memory_bytes - credit).saturating_add(len);
@@ -389,7 +397,8 @@ impl<'a, K> WriteGuard<'a, K> {
     fn respill(&mut self, slot: SlotId) {
         let (state, garbage, counters) = self.parts();
         let len = state.entry(slot).payload.len();
-        state.counts.recount(len, Place::Memory, Place::Disk);
+        let with_copy = Place::Memory { copy: true };
+        state.counts.recount(len, with_copy, Place::Disk);
         state.slab.unlink(slot);
         let entry = state.entry_mut(slot);
         let Payload::Resident {
@@ -412,9 +421,11 @@ impl<'a, K> WriteGuard<'a, K> {
             unreachable!("only resident values without a copy are written out")
         };
         let value = value.clone();
-        state
-            .counts
-            .recount(value.len() as u64, Place::Memory, Place::Spilling);
+        state.counts.recount(
+            value.len() as u64,
+            Place::Memory { copy: false },
+            Place::Spilling,
+        );
         state.slab.unlink(slot);
         Victim { slot, value }
     }
@@ -439,9 +450,11 @@ impl<'a, K> WriteGuard<'a, K> {
     pub(super) fn abort_spill(&mut self, victim: Victim) {
         let state = self.state();
         if state.is_spilling(&victim) {
-            state
-                .counts
-                .recount(victim.value.len() as u64, Place::Spilling, Place::Memory);
+            state.counts.recount(
+                victim.value.len() as u64,
+                Place::Spilling,
+                Place::Memory { copy: false },
+            );
             state.slab.push_back(victim.slot);
         }
     }
@@ -471,9 +484,11 @@ impl<'a, K> WriteGuard<'a, K> {
             value: bytes.clone(),
             copy: Some(record),
         };
-        state
-            .counts
-            .recount(bytes.len() as u64, Place::Disk, Place::Memory);
+        state.counts.recount(
+            bytes.len() as u64,
+            Place::Disk,
+            Place::Memory { copy: true },
+        );
         state.slab.push_front(slot);
     }
 
@@ -483,12 +498,17 @@ impl<'a, K> WriteGuard<'a, K> {
     /// or being spilled meanwhile); otherwise it is dropped. Says which.
     pub(super) fn clean(&mut self, victim: Victim, record: Record) -> bool {
         let (state, garbage, counters) = self.parts();
-        if state.place(victim.slot) == Place::Memory {
+        let dirty = Place::Memory { copy: false };
+        if state.place(victim.slot) == dirty {
             if let Payload::Resident { value, copy } = &mut state.entry_mut(victim.slot).payload {
-                if copy.is_none() && victim.is(value) {
+                if victim.is(value) {
                     *copy = Some(record);
+                    let len = victim.value.len() as u64;
+                    state
+                        .counts
+                        .recount(len, dirty, Place::Memory { copy: true });
                     bump(&counters.cleaned, 1);
-                    bump(&counters.cleaned_bytes, victim.value.len() as u64);
+                    bump(&counters.cleaned_bytes, len);
                     return true;
                 }
             }
@@ -509,6 +529,9 @@ impl<'a, K> WriteGuard<'a, K> {
         }) = state.slab.get_mut(slot)
         {
             if let Some(record) = copy.take_if(|record| doomed(record)) {
+                // A value with a copy is never spilling: it is in memory.
+                let (from, to) = (Place::Memory { copy: true }, Place::Memory { copy: false });
+                state.counts.recount(record.value_len(), from, to);
                 garbage.take_record(record);
                 return true;
             }
@@ -554,8 +577,10 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         let hasher = &self.shard.hasher;
         let (state, garbage, counters) = self.parts();
         debug_assert_eq!(found, state.find(hash, &key), "stale slot");
-        let to = match payload {
-            Payload::Resident { .. } => Place::Memory,
+        let to = match &payload {
+            Payload::Resident { copy, .. } => Place::Memory {
+                copy: copy.is_some(),
+            },
             Payload::Disk(_) => Place::Disk,
         };
         let len = payload.len();
@@ -581,7 +606,7 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             }
         };
         state.counts.recount(len, Place::Absent, to);
-        if to == Place::Memory {
+        if matches!(to, Place::Memory { .. }) {
             state.slab.push_front(slot);
         } else {
             bump(&counters.spills, 1);
@@ -625,25 +650,29 @@ impl Counts {
     pub(super) fn recount(&mut self, len: u64, from: Place, to: Place) {
         match from {
             Place::Absent => {}
-            Place::Memory | Place::Spilling => {
+            Place::Memory { .. } | Place::Spilling => {
                 self.memory_bytes -= len;
                 self.memory_entries -= 1;
             }
             Place::Disk => self.disk_bytes -= len,
         }
-        if from == Place::Spilling {
-            self.spilling_bytes -= len;
+        match from {
+            Place::Spilling => self.spilling_bytes -= len,
+            Place::Memory { copy: false } => self.dirty_bytes -= len,
+            _ => {}
         }
         match to {
             Place::Absent => {}
-            Place::Memory | Place::Spilling => {
+            Place::Memory { .. } | Place::Spilling => {
                 self.memory_bytes += len;
                 self.memory_entries += 1;
             }
             Place::Disk => self.disk_bytes += len,
         }
-        if to == Place::Spilling {
-            self.spilling_bytes += len;
+        match to {
+            Place::Spilling => self.spilling_bytes += len,
+            Place::Memory { copy: false } => self.dirty_bytes += len,
+            _ => {}
         }
     }
 }
@@ -663,7 +692,9 @@ impl<K> State<K> {
         match self.slab.get(slot).map(|e| &e.payload) {
             None => Place::Absent,
             Some(Payload::Disk(_)) => Place::Disk,
-            Some(Payload::Resident { .. }) if self.slab.is_linked(slot) => Place::Memory,
+            Some(Payload::Resident { copy, .. }) if self.slab.is_linked(slot) => Place::Memory {
+                copy: copy.is_some(),
+            },
             Some(Payload::Resident { .. }) => Place::Spilling,
         }
     }
