@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn hits_stay_exact_with_more_threads_than_stripes_and_numbers_reused() {
-        const HITS: usize = if cfg!(miri) { 50 } else { 200_000 };
+        const HITS: usize = if cfg!(miri) { 10 } else { 200_000 };
         let log = AccessLog::new();
         let threads = 2 * stripe_count() + 1;
         // Two waves: the second wave's threads take the numbers the first
