@@ -111,14 +111,14 @@ impl<K: Hash + Eq> Shard<K> {
 
     /// Asks the spiller to clean this shard, if cleaning is on,
     /// `memory_bytes` (what the shard will hold) is within its window of the
-    /// budget, and `dirty_bytes` (what it will hold without a disk copy) is
-    /// not zero: when every resident value has a copy, as after reloads
+    /// budget, and it will hold `dirty_entries` values without a disk copy,
+    /// not none: when every resident value has a copy, as after reloads
     /// only, there is nothing to clean, and waking the spiller at every
     /// promotion cost the reload path a futex wake and a thread switch.
     /// Says whether the spiller needs waking (it was not asked already).
-    pub(super) fn request_cleaning(&self, memory_bytes: u64, dirty_bytes: u64) -> bool {
+    pub(super) fn request_cleaning(&self, memory_bytes: u64, dirty_entries: usize) -> bool {
         self.window > 0
-            && dirty_bytes > 0
+            && dirty_entries > 0
             && memory_bytes.saturating_add(self.window) > self.budget
             && !self.clean_requested.load(Ordering::Relaxed)
             && !self.clean_requested.swap(true, Ordering::AcqRel)

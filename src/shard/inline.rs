@@ -111,7 +111,8 @@ impl<K: Hash + Eq> Shard<K> {
             return None;
         }
         let counts = guard.state().counts;
-        if self.request_cleaning(counts.memory_bytes.saturating_add(len), counts.dirty_bytes) {
+        let memory = counts.memory_bytes.saturating_add(len);
+        if self.request_cleaning(memory, counts.dirty_entries) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }
@@ -158,8 +159,8 @@ impl<K: Hash + Eq> Shard<K> {
             return Err((key, value));
         }
         let counts = guard.state().counts;
-        let (memory, dirty) = (counts.memory_bytes, counts.dirty_bytes);
-        if self.request_cleaning(memory.saturating_add(len), dirty.saturating_add(len)) {
+        let memory = counts.memory_bytes.saturating_add(len);
+        if self.request_cleaning(memory, counts.dirty_entries + 1) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }

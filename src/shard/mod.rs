@@ -358,8 +358,8 @@ where
                 // with its record as copy.
                 let counts = guard.state().counts;
                 let memory = counts.memory_bytes.saturating_add(len);
-                let added = if replacing.is_some() { len } else { 0 };
-                if self.request_cleaning(memory, counts.dirty_bytes.saturating_add(added)) {
+                let added = usize::from(replacing.is_some());
+                if self.request_cleaning(memory, counts.dirty_entries + added) {
                     if let Some(spiller) = disk.and_then(|d| d.spiller) {
                         spiller.wake();
                     }

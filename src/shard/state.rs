@@ -4,7 +4,7 @@
 //!
 //! | state    | payload                  | in LRU list | counted in                        |
 //! |----------|--------------------------|-------------|-----------------------------------|
-//! | memory   | `Resident`, copy or not  | yes         | `memory_bytes`, `memory_entries`; `dirty_bytes` without a copy |
+//! | memory   | `Resident`, copy or not  | yes         | `memory_bytes`, `memory_entries`; `dirty_entries` without a copy |
 //! | spilling | `Resident`, no copy      | no          | the same, and `spilling_bytes`    |
 //! | disk     | `Disk`                   | no          | `disk_bytes`                      |
 //!
@@ -166,9 +166,10 @@ pub(super) struct Counts {
     pub(super) spilling_bytes: u64,
     /// Bytes of values only on disk.
     pub(super) disk_bytes: u64,
-    /// Bytes of values in the memory state without a disk copy: what the
-    /// spiller may have to clean (nothing to wake it for when zero).
-    pub(super) dirty_bytes: u64,
+    /// Values in the memory state without a disk copy: what the spiller
+    /// may have to clean (nothing to wake it for when zero). Counted in
+    /// entries, not bytes, so that empty values count too.
+    pub(super) dirty_entries: usize,
     /// Values in memory (memory and spilling states).
     pub(super) memory_entries: usize,
 }
@@ -658,7 +659,7 @@ impl Counts {
         }
         match from {
             Place::Spilling => self.spilling_bytes -= len,
-            Place::Memory { copy: false } => self.dirty_bytes -= len,
+            Place::Memory { copy: false } => self.dirty_entries -= 1,
             _ => {}
         }
         match to {
@@ -671,7 +672,7 @@ impl Counts {
         }
         match to {
             Place::Spilling => self.spilling_bytes += len,
-            Place::Memory { copy: false } => self.dirty_bytes += len,
+            Place::Memory { copy: false } => self.dirty_entries += 1,
             _ => {}
         }
     }
