@@ -24,7 +24,7 @@ use std::hash::Hash;
 use bytes::Bytes;
 
 use super::state::{Payload, State, WriteGuard};
-use super::Shard;
+use super::{Lookup, Shard};
 use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
@@ -56,17 +56,12 @@ impl<K: Hash + Eq> Shard<K> {
         let Some(state) = self.state.try_read() else {
             return Probe::Busy;
         };
-        let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
-            bump(&self.counters.misses, 1);
-            return Probe::Absent;
-        };
-        let Payload::Resident { value, .. } = &entry.payload else {
-            return Probe::OnDisk;
-        };
-        let value = value.clone();
-        // The bookkeeping of a memory hit in `Shard::get`.
-        self.note_hit(state, slot);
-        Probe::Resident(value)
+        // `get`'s own first half, bookkeeping included.
+        match self.lookup_locked(state, key, hash) {
+            Lookup::Memory(value) => Probe::Resident(value),
+            Lookup::Absent => Probe::Absent,
+            Lookup::Disk(_) => Probe::OnDisk,
+        }
     }
 
     /// [`Shard::get`] of a value on disk, if it needs no I/O: the record is

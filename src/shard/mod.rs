@@ -184,7 +184,16 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let state = self.state.read();
+        self.lookup_locked(self.state.read(), key, hash)
+    }
+
+    /// [`lookup`](Self::lookup) under `state`, a read lock the caller took
+    /// (and released here).
+    fn lookup_locked<Q>(&self, state: RwLockReadGuard<'_, State<K>>, key: &Q, hash: u64) -> Lookup
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let Some((slot, entry)) = state.find_for_read(hash, key, !self.exact_lru) else {
             bump(&self.counters.misses, 1);
             return Lookup::Absent;
