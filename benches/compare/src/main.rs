@@ -218,47 +218,7 @@ fn cells(cli: &Cli, budget: u64) -> Vec<CellSpec> {
     out
 }
 
-fn run_store(
-    cli: &Cli,
-    peer: Peer,
-    spec: &CellSpec,
-    cell: &Cell<'_>,
-    cfg: &StoreConfig,
-) -> Result<StoreResult> {
-    let store = store::build(peer, cfg)?;
-    let preload = workload::preload(store.as_ref(), cell.keys, spec.value_size)?;
-    let mut states = workload::thread_states(spec.threads);
-    if cli.warmup > 0.0 {
-        workload::run_window(
-            store.as_ref(),
-            cell,
-            &mut states,
-            Duration::from_secs_f64(cli.warmup),
-        )?;
-    }
-    let mut reps = Vec::new();
-    for _ in 0..cli.reps.max(1) {
-        let reloads_before = store.reloads();
-        let (c, elapsed) = workload::run_window(
-            store.as_ref(),
-            cell,
-            &mut states,
-            Duration::from_secs_f64(cli.secs),
-        )?;
-        reps.push(rep_of(
-            c,
-            elapsed,
-            reloads_before,
-            store.reloads(),
-            spec.value_size,
-        ));
-    }
-    let notes = store.notes();
-    drop(store);
-    Ok(summarize(peer, spec, preload, reps, notes))
-}
-
-/// A store of an in-memory cell, built and warmed up, taking its turns.
+/// A store of a cell, built and warmed up, taking its turns.
 struct TurnTaker {
     peer: Peer,
     store: Box<dyn store::Store>,
@@ -267,12 +227,13 @@ struct TurnTaker {
     reps: Vec<Rep>,
 }
 
-/// Runs the stores of an in-memory cell (hot-get, mixed) in turns: all are
-/// built, preloaded and warmed up first, then each repetition runs every
-/// store once, in `peers` order. A drift in a shared machine's speed then
-/// hits every store of a repetition alike, and the ratio of two stores is
-/// taken per repetition (see [`paired_ops_ratio`]), not between figures
-/// measured a minute apart.
+/// Runs the stores `peers` of a cell in turns: all are built, preloaded and
+/// warmed up first, then each repetition runs every store once, in `peers`
+/// order. A drift in a shared machine's speed then hits every store of a
+/// repetition alike, and the ratio of two stores is taken per repetition
+/// (see [`paired_ops_ratio`]), not between figures measured a minute apart.
+/// One store is simply run on its own. A store that fails gets an error
+/// row in the table and takes no more turns. Results come in `peers` order.
 fn run_turns(
     cli: &Cli,
     spec: &CellSpec,
@@ -314,26 +275,29 @@ fn run_turns(
     }
     for rep in 0..cli.reps.max(1) {
         eprintln!("  repetition {} of {}", rep + 1, cli.reps.max(1));
-        for t in &mut takers {
-            let window = Duration::from_secs_f64(cli.secs);
+        let window = Duration::from_secs_f64(cli.secs);
+        takers.retain_mut(|t| {
             let reloads_before = t.store.reloads();
             match workload::run_window(t.store.as_ref(), cell, &mut t.states, window) {
-                Ok((c, elapsed)) => t.reps.push(rep_of(
-                    c,
-                    elapsed,
-                    reloads_before,
-                    t.store.reloads(),
-                    spec.value_size,
-                )),
-                Err(e) => eprintln!("ERROR: {}: {e:#}", t.peer.name()),
+                Ok((c, elapsed)) => {
+                    let reloads = t.store.reloads();
+                    t.reps
+                        .push(rep_of(c, elapsed, reloads_before, reloads, spec.value_size));
+                    true
+                }
+                Err(e) => {
+                    results.push(error_result(t.peer, spec, &e));
+                    false
+                }
             }
-        }
+        });
     }
     for t in takers {
         let notes = t.store.notes();
         drop(t.store);
         results.push(summarize(t.peer, spec, t.preload, t.reps, notes));
     }
+    results.sort_by_key(|r| peers.iter().position(|&p| p == r.store));
     results
 }
 
@@ -884,28 +848,35 @@ fn main() -> Result<()> {
             results.extend(run_cold_cell(&cli, spec, &cell, peers)?);
             continue;
         }
-        if matches!(spec.workload, Workload::HotGet | Workload::Mixed) {
-            let dir_of = |peer: Peer| {
-                root.join(format!(
-                    "{ci:02}-{}-{}-t{}-{}",
-                    spec.workload.name(),
-                    spec.value_size,
-                    spec.threads,
-                    peer.name()
-                ))
-            };
-            let cfg_of = |peer: Peer| -> Result<StoreConfig> {
-                let dir = dir_of(peer);
-                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                Ok(StoreConfig {
-                    budget,
-                    value_size: spec.value_size,
-                    n_keys: spec.n_keys,
-                    dir,
-                })
-            };
-            let peers = peers_of(spec.workload);
-            for result in run_turns(&cli, spec, &cell, &peers, cfg_of) {
+        let dir_of = |peer: Peer| {
+            root.join(format!(
+                "{ci:02}-{}-{}-t{}-{}",
+                spec.workload.name(),
+                spec.value_size,
+                spec.threads,
+                peer.name()
+            ))
+        };
+        let cfg_of = |peer: Peer| -> Result<StoreConfig> {
+            let dir = dir_of(peer);
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok(StoreConfig {
+                budget,
+                value_size: spec.value_size,
+                n_keys: spec.n_keys,
+                dir,
+            })
+        };
+        // In-memory cells take turns; a cell with a disk runs one store at
+        // a time, so that no other store's I/O shares the disk with it.
+        let peers = peers_of(spec.workload);
+        let groups: Vec<&[Peer]> = if matches!(spec.workload, Workload::HotGet | Workload::Mixed) {
+            vec![&peers]
+        } else {
+            peers.chunks(1).collect()
+        };
+        for group in groups {
+            for result in run_turns(&cli, spec, &cell, group, cfg_of) {
                 if result.corrupt > 0 {
                     eprintln!(
                         "ERROR: {} returned {} corrupt values",
@@ -915,47 +886,12 @@ fn main() -> Result<()> {
                 }
                 results.push(result);
             }
-            for peer in peers {
-                std::fs::remove_dir_all(dir_of(peer)).ok();
-            }
-            continue;
-        }
-        for peer in peers_of(spec.workload) {
-            let dir = root.join(format!(
-                "{ci:02}-{}-{}-t{}-{}",
-                spec.workload.name(),
-                spec.value_size,
-                spec.threads,
-                peer.name()
-            ));
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let cfg = StoreConfig {
-                budget,
-                value_size: spec.value_size,
-                n_keys: spec.n_keys,
-                dir: dir.clone(),
-            };
-            eprintln!(
-                "running {} {} x{} thr={} on {} ...",
-                spec.workload.name(),
-                size_label(spec.value_size),
-                spec.n_keys,
-                spec.threads,
-                peer.name()
-            );
-            let result = run_store(&cli, peer, spec, &cell, &cfg)
-                .unwrap_or_else(|e| error_result(peer, spec, &e));
-            if result.corrupt > 0 {
-                eprintln!(
-                    "ERROR: {} returned {} corrupt values",
-                    peer.name(),
-                    result.corrupt
-                );
-            }
-            results.push(result);
-            // Measured: now the directory can go.
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                eprintln!("warning: removing {}: {e}", dir.display());
+            // Measured: now the directories can go.
+            for &peer in group {
+                let dir = dir_of(peer);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    eprintln!("warning: removing {}: {e}", dir.display());
+                }
             }
         }
     }
