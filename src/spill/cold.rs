@@ -26,6 +26,10 @@
 //! - Records below [`MIN_TIMED`] are always read through the mapping: a cold
 //!   one costs a fault or two, as many I/Os as `pread`, and timing them
 //!   would cost more than it could save.
+//! - Apart from both modes, a shared segment is read with `pread` for a
+//!   while after punching holes dropped its mapping: a mapping pays for
+//!   itself only over many reads (see [`super::segment::MAP_AFTER_READS`]).
+//!   Those reads tell the mode what they found like any `pread`.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -36,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::sys;
 
-/// Records shorter than this are always read through the mapping.
+/// Records shorter than this are read through the mapping in both modes.
 pub(super) const MIN_TIMED: u64 = 16 * 1024;
 
 /// Warm reads in a row after which `pread` mode ends.

@@ -12,7 +12,9 @@
 //!   can be handed out as a slice of its mapping, without a copy.
 //! - **Reading back** ([`cold`]): through the file's mapping while the files
 //!   are in the page cache; copies with one `pread` into their own buffer
-//!   while recent reads found them out of it.
+//!   while recent reads found them out of it, and from a shared segment
+//!   whose mapping punching dropped until it has served enough reads to be
+//!   worth mapping again.
 //! - **Space comes back promptly** ([`blocks`]): records and readers in
 //!   flight hold the file-system blocks of a shared segment they cover;
 //!   when the last hold on a block goes (a value removed, replaced, brought
@@ -1201,6 +1203,31 @@ mod tests {
         let err = records[0].reader().read_copy().unwrap_err();
         assert!(err.to_string().contains("replaced"), "{err}");
         assert_eq!(records[1].reader().read_copy().unwrap(), vals[1]);
+    }
+
+    /// Punching drops a shared segment's mapping; copies are then read with
+    /// `pread` until the segment has served `MAP_AFTER_READS` of them, and
+    /// then it is mapped again. A new segment is mapped at its first read.
+    #[test]
+    #[cfg(not(miri))] // Miri cannot map files
+    fn punched_segments_are_mapped_again_only_after_many_reads() {
+        let (_tmp, spill) = dir_with(config(1 << 20, None, None));
+        let vals = values(&[20 << 10, 20 << 10, 20 << 10]);
+        let mut records = spill.write(&vals).unwrap();
+        let segment = Arc::clone(records[0].segment());
+        assert_eq!(records[0].reader().read_copy().unwrap(), vals[0]);
+        assert!(segment.is_mapped(), "a new segment is mapped at once");
+        drop(records.remove(1));
+        spill.shared.punch_all_dead_blocks();
+        assert!(spill.usage().punched_bytes > 0);
+        assert!(!segment.is_mapped(), "punching dropped the mapping");
+        for i in 0..segment::MAP_AFTER_READS {
+            let r = &records[i as usize % 2];
+            assert_eq!(r.reader().read_copy().unwrap(), vals[2 * (i as usize % 2)]);
+            assert!(!segment.is_mapped(), "mapped again after {i} reads");
+        }
+        assert_eq!(records[0].reader().read_copy().unwrap(), vals[0]);
+        assert!(segment.is_mapped());
     }
 
     /// A dump dir whose reads count as cold, with two records of a shared

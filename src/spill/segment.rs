@@ -5,7 +5,9 @@
 //! [`super::blocks`]); blocks nobody holds are punched, in batches, with the
 //! segment's mapping dropped first. Records are read through the file's
 //! mapping, or with `pread` while the files are out of the page cache (see
-//! [`super::cold`]); values from shared segments are copied out, and only a
+//! [`super::cold`]) and while a shared segment has served too few reads
+//! since its mapping was last dropped to be worth mapping again (see
+//! [`MAP_AFTER_READS`]); values from shared segments are copied out, and only a
 //! file of one large record (never punched, only deleted whole) hands its
 //! value out as a slice of the mapping.
 //!
@@ -17,6 +19,10 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
+// std's atomic even under shuttle for `unmapped_reads`: like the read
+// mode, it is a hint for speed, never for correctness.
+use std::sync::atomic::AtomicU32;
+
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
 use bytes::Bytes;
@@ -26,6 +32,23 @@ use super::cold::{self, ReadPolicy};
 use super::record::{self, FILE_HEADER_LEN, HEADER_LEN};
 use super::{sys, DirShared};
 use crate::error::Error;
+
+/// Reads a shared segment serves with `pread` after punching dropped its
+/// mapping, before it is mapped again. (A new segment is mapped at its
+/// first read, as a segment of one record always is.)
+///
+/// Punching holes drops a shared segment's mapping (see
+/// [`Segment::punch_dead_blocks`]). Mapping it again costs an `mmap`, a page
+/// fault per 64 KiB read (fault-around) and, at the next punch, an `munmap`
+/// that clears every mapped page with a TLB shootdown on each core running
+/// the process. With spillbench's replaces, mappings were dropped 700
+/// times a second, after 60 reads each on average: mappings made for so few
+/// reads cost more than they saved, mostly in the spiller, which punches
+/// (this rule: spillbench's mixed ops/s 1.2-1.25x, insert p99 33 -> 21-28
+/// us, a third fewer values written by inserting threads; BENCHMARKS.md,
+/// "Mappings that live long enough"). A segment read this often between
+/// punches, as under reloads without replaces, is mapped and read as before.
+pub(super) const MAP_AFTER_READS: u32 = 1024;
 
 /// A spill file the store created, shared by the records in it.
 ///
@@ -63,6 +86,9 @@ pub(crate) struct Segment {
     sealed: AtomicBool,
     /// Punching its dead blocks is under way.
     flushing: AtomicBool,
+    /// Copies read since punching last dropped the mapping, up to
+    /// [`MAP_AFTER_READS`] (where it starts, and stays until a drop).
+    unmapped_reads: AtomicU32,
     /// Listed in the dump dir's segments with dead blocks to punch.
     pub(super) listed: AtomicBool,
     dir: Weak<DirShared>,
@@ -147,6 +173,7 @@ impl Segment {
             live_bytes: AtomicU64::new(0),
             sealed: AtomicBool::new(false),
             flushing: AtomicBool::new(false),
+            unmapped_reads: AtomicU32::new(MAP_AFTER_READS),
             listed: AtomicBool::new(false),
             dir: Arc::downgrade(dir),
             reads: Arc::clone(&dir.reads),
@@ -242,6 +269,9 @@ impl Segment {
         #[cfg(not(miri))]
         {
             let map = self.handle.lock().as_mut().and_then(|h| h.map.take());
+            if map.is_some() {
+                self.unmapped_reads.store(0, Ordering::Relaxed);
+            }
             drop(map);
         }
         let ranges = blocks.lock().dead_ranges();
@@ -433,7 +463,9 @@ impl Segment {
     ///
     /// A copy is read through the file's mapping while the files are in the
     /// page cache, and with `pread` straight into its buffer while they are
-    /// not (see [`cold`]); a slice is always mapped.
+    /// not (see [`cold`]) or while the segment's mapping would not live long
+    /// enough to pay for itself (see [`MAP_AFTER_READS`]); a slice is always
+    /// mapped.
     fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
         let offset = pin.offset;
         let end = offset
@@ -442,12 +474,32 @@ impl Segment {
             .ok_or_else(|| self.corrupted(offset, format!("record length {len} overflows")))?;
         let copy = copy || !self.dedicated;
         #[cfg(not(miri))]
-        if !copy || len < cold::MIN_TIMED || !self.reads.cold() {
+        if !copy || ((len < cold::MIN_TIMED || !self.reads.cold()) && self.worth_mapping()) {
             return self.read_mapped(offset, end, copy);
         }
         // Miri cannot map files: it reads every record this way.
         let _ = copy;
         self.read_file(offset, end)
+    }
+
+    /// Whether a copy from this segment should be read through its mapping:
+    /// always for a dedicated file (never punched, so its mapping lasts),
+    /// and for a shared segment unless punching dropped its mapping fewer
+    /// than [`MAP_AFTER_READS`] reads ago. Counts this read.
+    #[cfg(not(miri))]
+    fn worth_mapping(&self) -> bool {
+        if self.dedicated || self.unmapped_reads.load(Ordering::Relaxed) >= MAP_AFTER_READS {
+            return true;
+        }
+        // Racing readers may count past the mark: it only maps a read early.
+        self.unmapped_reads.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Whether the segment is mapped now.
+    #[cfg(all(test, not(miri)))]
+    pub(super) fn is_mapped(&self) -> bool {
+        self.handle.lock().as_ref().is_some_and(|h| h.map.is_some())
     }
 
     fn corrupted(&self, offset: u64, reason: String) -> Error {
