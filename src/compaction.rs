@@ -2,8 +2,10 @@
 //! dead space (the records of replaced and removed values), so that those
 //! files can be deleted.
 //!
-//! A pass runs when the spill files hold more than twice the live records'
-//! bytes ([`SpillDir::compaction_due`]), or when the caller asks for one
+//! A pass runs when the spill files occupy more than twice the live
+//! records' bytes on disk, or their lengths add up to more than twice (four
+//! times where holes are punched) ([`SpillDir::compaction_due`]), or when
+//! the caller asks for one
 //! (`SpillStore::compact`). It never runs on a caller's insert: inserts and
 //! removes that find it due only wake the store's compactor, a background
 //! [`Worker`](crate::background::Worker) thread (moka's housekeeper and

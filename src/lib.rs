@@ -68,10 +68,12 @@
 //! never lets the total pass `max_disk_size`: a spill that would is refused
 //! with [`Error::DiskLimit`] once dead blocks are punched and the disk
 //! copies kept for cheap re-eviction are given up. Small records that share
-//! blocks with live ones are reclaimed by compaction: when the files hold
-//! more than twice the live data, the store's background thread runs a
-//! pass that moves the live records out of segments that are at most half
-//! live. No caller's insert ever runs a pass.
+//! blocks with live ones are reclaimed by compaction: when the files
+//! occupy more than twice the live data, or their lengths add up to more
+//! than twice (four times where holes are punched), the store's background
+//! thread runs a pass that moves the live records out of segments that are
+//! at most half live (a quarter, by length, where holes are punched). No
+//! caller's insert ever runs a pass.
 //!
 //! **Cleaning ahead.** A second background thread, the spiller, keeps disk
 //! copies of the resident values nearest each shard's LRU tail

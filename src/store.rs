@@ -355,8 +355,8 @@ where
         Ok(())
     }
 
-    /// Wakes the compaction thread when the spill files hold more than twice
-    /// the live data. Under shuttle the pass runs inline instead, so that
+    /// Wakes the compaction thread when the spill files are wasteful (see
+    /// [`SpillDir::compaction_due`]). Under shuttle the pass runs inline instead, so that
     /// model checks explore it too.
     fn compact_when_due(&self) {
         if !self.spill().is_some_and(SpillDir::compaction_due) {
@@ -374,7 +374,8 @@ where
     /// Reclaims disk space now: moves the values still needed out of spill
     /// files that are mostly dead space (replaced or removed values), so
     /// those files can be deleted. The store also does this by itself, on a
-    /// background thread, whenever its files grow past twice the live data;
+    /// background thread, whenever its files grow past twice the live data
+    /// (their lengths past four times, where holes are punched);
     /// call this to shrink the dump directory at a moment of your choosing.
     /// Runs over the shards in parallel, after waiting for a background
     /// pass in progress to end.

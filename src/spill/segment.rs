@@ -323,11 +323,18 @@ impl Segment {
     }
 
     /// Whether compaction should move this segment's records elsewhere: the
-    /// writer is done with it and at most half of its length, or of the
-    /// space it occupies on disk, is still needed.
+    /// writer is done with it, and at most half of the space it occupies on
+    /// disk is still needed, or of its length at most a half (a quarter
+    /// where holes are punched: see [`super::length_factor`]).
     pub(super) fn is_sparse(&self) -> bool {
-        let live = self.live_bytes.load(Ordering::Relaxed).saturating_mul(2);
-        self.sealed.load(Ordering::Acquire) && (live <= self.size || live <= self.accounted())
+        let live = self.live_bytes.load(Ordering::Relaxed);
+        let can_punch = self
+            .dir
+            .upgrade()
+            .is_some_and(|d| d.can_punch.load(Ordering::Relaxed));
+        self.sealed.load(Ordering::Acquire)
+            && (live.saturating_mul(super::length_factor(can_punch)) <= self.size
+                || live.saturating_mul(2) <= self.accounted())
     }
 
     /// Bytes that dropping one hold on each of `ranges` would return to the
