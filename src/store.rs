@@ -4,6 +4,7 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
@@ -128,7 +129,7 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
         let mut frontiers = self.frontiers.lock();
         spill.punch_due();
         for (shard, frontier) in self.shards.iter().zip(frontiers.iter_mut()) {
-            let requested = shard.take_clean_request();
+            let requested = shard.take_clean_request() || shard.cleaning_due_soon();
             if full {
                 frontier.restart();
             }
@@ -141,11 +142,15 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
 
     /// The spiller thread's run: after a write error, it waits a little
     /// before it takes the next wake-up, so that a full disk does not turn
-    /// every insert's wake-up into a failing write.
-    fn run_spiller_pausing(&self) {
+    /// every insert's wake-up into a failing write. Says when to run again
+    /// without a wake-up: while holes are being punched, every
+    /// [`PUNCH_TICK`](crate::spill::PUNCH_TICK) (see
+    /// [`SpillDir::next_punch_tick`]).
+    fn run_spiller_pausing(&self) -> Option<Duration> {
         if self.run_spiller(false) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
+        self.spill.as_ref().and_then(SpillDir::next_punch_tick)
     }
 
     /// The background thread's pass: serves the requests made so far,
@@ -275,12 +280,15 @@ where
         let (compactor, spiller) = match &shared.spill {
             Some(spill) if !cfg!(shuttle) => {
                 let path = spill.path();
-                let spawn = |name: &str, job: fn(&Shared<K>)| {
+                let spawn = |name: &str, job: fn(&Shared<K>) -> Option<Duration>| {
                     let shared = Arc::clone(&shared);
                     Worker::spawn(name, move || job(&shared))
                         .map_err(|e| Error::io("starting a background thread for", path, e))
                 };
-                let compactor = spawn("spillstore-compactor", Shared::compact_requested)?;
+                let compactor = spawn("spillstore-compactor", |shared| {
+                    shared.compact_requested();
+                    None
+                })?;
                 let spiller = spawn("spillstore-spiller", Shared::run_spiller_pausing)?;
                 spill.punch_in_background(spiller.waker().clone());
                 (Some(compactor), Some(spiller))

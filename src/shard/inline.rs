@@ -105,9 +105,9 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, None) {
             return None;
         }
-        let counts = guard.state().counts;
-        let memory = counts.memory_bytes.saturating_add(len);
-        if self.request_cleaning(memory, counts.dirty_entries) {
+        let state = guard.state();
+        let memory = state.counts.memory_bytes.saturating_add(len);
+        if self.request_cleaning(memory, state.counts.dirty_entries, state.evictions.bytes) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }
@@ -153,9 +153,10 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, keep) {
             return Err((key, value));
         }
-        let counts = guard.state().counts;
-        let memory = counts.memory_bytes.saturating_add(len);
-        if self.request_cleaning(memory, counts.dirty_entries + 1) {
+        let state = guard.state();
+        let memory = state.counts.memory_bytes.saturating_add(len);
+        let dirty = state.counts.dirty_entries + 1;
+        if self.request_cleaning(memory, dirty, state.evictions.bytes) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }

@@ -95,6 +95,11 @@ pub(crate) struct Shard<K> {
     /// Set when the shard asks the spiller for a run, cleared when it
     /// starts one.
     clean_requested: AtomicBool,
+    /// The shard's total of evicted bytes ([`state::Evictions::bytes`]) by
+    /// which half of the window the spiller's last complete run left clean
+    /// will have been evicted: no run is asked for before (see
+    /// [`request_cleaning`](Self::request_cleaning)).
+    clean_horizon: AtomicU64,
     /// The slot of the spiller's frontier entry (see [`clean`]), or
     /// `u64::MAX`; written by the spiller under the read lock, read by the
     /// eviction hand under the write lock.
@@ -120,6 +125,7 @@ where
             budget,
             window,
             clean_requested: AtomicBool::new(false),
+            clean_horizon: AtomicU64::new(0),
             frontier_slot: AtomicU64::new(u64::MAX),
             hasher,
             counters: Counters::default(),
@@ -365,10 +371,11 @@ where
             if over == 0 {
                 // An insert adds a value without a copy; a promotion, one
                 // with its record as copy.
-                let counts = guard.state().counts;
-                let memory = counts.memory_bytes.saturating_add(len);
+                let state = guard.state();
+                let memory = state.counts.memory_bytes.saturating_add(len);
                 let added = usize::from(replacing.is_some());
-                if self.request_cleaning(memory, counts.dirty_entries + added) {
+                let dirty = state.counts.dirty_entries + added;
+                if self.request_cleaning(memory, dirty, state.evictions.bytes) {
                     if let Some(spiller) = disk.and_then(|d| d.spiller) {
                         spiller.wake();
                     }

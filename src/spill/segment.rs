@@ -28,6 +28,7 @@ use crate::sync::Mutex;
 use bytes::Bytes;
 
 use super::blocks::{self, BlockMap};
+#[cfg_attr(miri, allow(unused_imports))] // Miri reads without the mapping
 use super::cold::{self, ReadPolicy};
 use super::record::{self, FILE_HEADER_LEN, HEADER_LEN};
 use super::{sys, DirShared};
@@ -88,6 +89,7 @@ pub(crate) struct Segment {
     flushing: AtomicBool,
     /// Copies read since punching last dropped the mapping, up to
     /// [`MAP_AFTER_READS`] (where it starts, and stays until a drop).
+    #[cfg_attr(miri, allow(dead_code))] // Miri reads without the mapping
     unmapped_reads: AtomicU32,
     /// Listed in the dump dir's segments with dead blocks to punch.
     pub(super) listed: AtomicBool,
