@@ -56,12 +56,13 @@
 //!   Ops/s includes the benchmark's own work (value generation and
 //!   verification), latencies do not.
 //! * **store** rows: the change of the store's own counters over each phase:
-//!   blobs spilled by the inserting threads (and MB/s written), copies the
-//!   background spiller wrote ahead of need (`cleaned`, and MB/s; see
-//!   `--clean-ahead`), respills (evictions that reused a copy already on
-//!   disk and wrote nothing), reloads (and MB/s read back), memory
-//!   hits and misses. Misses must be 0; hits and reloads should match the
-//!   phase row's get split.
+//!   blobs spilled by the inserting threads (and MB/s written), copies
+//!   written ahead of need (`cleaned`, and MB/s; see `--clean-ahead`; by
+//!   the background spiller, or by a thread that had to spill and then
+//!   cleaned a batch for the calls after it), respills (evictions that
+//!   reused a copy already on disk and wrote nothing), reloads (and MB/s
+//!   read back), memory hits and misses. Misses must be 0; hits and
+//!   reloads should match the phase row's get split.
 //! * **latency** rows: p50/p99/p99.9/max of the store call alone, from
 //!   per-thread HDR histograms (3 significant digits) merged after the phase:
 //!   inserts during load, gets served from memory, gets that reloaded from a

@@ -350,7 +350,11 @@ impl<K> Builder<K> {
     /// evicted while they are still in memory, the way an operating system
     /// writes dirty pages back before it must reclaim them; the insert that
     /// evicts them then drops them from memory without a write (a
-    /// "respill"), and writes only when the spiller has fallen behind.
+    /// "respill"), and writes only when the spiller has fallen behind. (An
+    /// insert or reload that has to write its victims then also writes a
+    /// batch of copies, up to 1 MiB, for the calls after it, unless the
+    /// spiller is at work in that shard: so, while the spiller waits for a
+    /// core, one call in many writes rather than each.)
     ///
     /// What is in memory and what on disk, and the order of eviction, are
     /// the same either way; `memory_bytes <= max_size` holds at every

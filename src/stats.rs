@@ -85,11 +85,12 @@ pub struct Stats {
     /// was on disk: kept from an earlier spill, or written ahead by the
     /// spiller (`cleaned`).
     pub respills: u64,
-    /// Disk copies the background spiller wrote ahead of need for resident
-    /// values near the LRU tail (see
-    /// [`Builder::clean_ahead`](crate::Builder::clean_ahead)). A copy whose
-    /// value is then replaced or removed before it is evicted was written
-    /// for nothing.
+    /// Disk copies written ahead of need for resident values near the LRU
+    /// tail (see [`Builder::clean_ahead`](crate::Builder::clean_ahead)): by
+    /// the background spiller, or by a call that found it behind (one that
+    /// had to write its victims, and then wrote a batch of copies for the
+    /// calls after it). A copy whose value is then replaced or removed
+    /// before it is evicted was written for nothing.
     pub cleaned: u64,
     /// Value bytes of those `cleaned` copies.
     pub cleaned_bytes: u64,

@@ -96,9 +96,11 @@ struct Shared<K> {
     /// Wake-up requests so far, made by inserts and removes that found a
     /// pass due.
     requested: AtomicU64,
-    /// Where the spiller stands in each shard; held through each of its
-    /// runs, so runs never overlap.
-    frontiers: Mutex<Vec<Frontier>>,
+    /// Held through each run of the spiller, so runs never overlap.
+    spiller_run: Mutex<()>,
+    /// Where the spiller stands in each shard; held while it cleans that
+    /// shard, by it or by an insert helping it (see `Disk::help_clean`).
+    frontiers: Vec<Mutex<Frontier>>,
     /// `clean_ahead`: also the disk budget the spiller leaves untouched.
     clean_ahead: u64,
 }
@@ -126,14 +128,15 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
         let Some(spill) = &self.spill else {
             return false;
         };
-        let mut frontiers = self.frontiers.lock();
+        let _run = self.spiller_run.lock();
         spill.punch_due();
-        for (shard, frontier) in self.shards.iter().zip(frontiers.iter_mut()) {
+        for (shard, frontier) in self.shards.iter().zip(&self.frontiers) {
+            let mut frontier = frontier.lock();
             let requested = shard.take_clean_request() || shard.cleaning_due_soon();
             if full {
                 frontier.restart();
             }
-            if (requested || full) && shard.clean(frontier, spill, self.clean_ahead).is_err() {
+            if (requested || full) && shard.clean(&mut frontier, spill, self.clean_ahead).is_err() {
                 return true;
             }
         }
@@ -274,7 +277,8 @@ where
             spill,
             passes: Mutex::new(0),
             requested: AtomicU64::new(0),
-            frontiers: Mutex::new((0..n).map(|_| Frontier::default()).collect()),
+            spiller_run: Mutex::new(()),
+            frontiers: (0..n).map(|_| Mutex::new(Frontier::default())).collect(),
             clean_ahead: config.clean_ahead,
         });
         let (compactor, spiller) = match &shared.spill {
@@ -319,10 +323,13 @@ where
     fn disk(&self) -> Option<Disk<'_, K>> {
         let shards = &self.shared.shards;
         let spiller = self.spiller.as_ref().map(Worker::waker);
+        let ahead = self.shared.clean_ahead;
+        let cleaning = (ahead > 0).then_some((&self.shared.frontiers[..], ahead));
         self.spill().map(|dir| Disk {
             dir,
             shards,
             spiller,
+            cleaning,
         })
     }
 
@@ -454,7 +461,7 @@ where
         self.shared.compact(false, false, true);
         // What the pass freed is punched now, not by the spiller later.
         if let Some(spill) = self.spill() {
-            let _run = self.shared.frontiers.lock();
+            let _run = self.shared.spiller_run.lock();
             spill.punch_due();
         }
     }
@@ -667,7 +674,8 @@ where
         // written for entries cleared under it: every file goes before this
         // returns.
         let _pass = self.shared.passes.lock();
-        let _spiller_run = self.shared.frontiers.lock();
+        let _spiller_run = self.shared.spiller_run.lock();
+        let _cleaning: Vec<_> = self.shared.frontiers.iter().map(|f| f.lock()).collect();
         // Files emptied here are deleted whole: no holes punched first.
         let _bulk = self.spill().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);

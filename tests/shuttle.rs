@@ -297,7 +297,12 @@ fn clear_races_compaction_and_reload() {
 
 /// A store that fits three 60-byte values in memory and cleans all of them
 /// ahead: "a", "b" and "c" resident without copies (under shuttle no
-/// spiller thread runs: `quiesce` runs its work), "k" spilled.
+/// spiller thread runs: `quiesce` runs its work), "k" on disk. "k" is
+/// cleaned before the others come, so that its eviction writes nothing: an
+/// insert that has to write cleans a batch of the window itself (helping a
+/// spiller that fell behind), which would give "a", "b" and "c" copies
+/// before the race. An insert racing in the tests below ("d") does write,
+/// and helps.
 fn cleaning_setup() -> (tempfile::TempDir, Arc<SpillStore<&'static str>>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SpillStore::builder()
@@ -308,11 +313,14 @@ fn cleaning_setup() -> (tempfile::TempDir, Arc<SpillStore<&'static str>>) {
         .shards(1)
         .build()
         .unwrap();
-    for (key, tag) in [("k", 0), ("a", 1), ("b", 2), ("c", 3)] {
+    store.insert("k", v(0)).unwrap();
+    store.quiesce();
+    for (key, tag) in [("a", 1), ("b", 2), ("c", 3)] {
         store.insert(key, v(tag)).unwrap();
     }
     assert_eq!(store.location("k"), Some(spillstore::Location::File));
-    assert_eq!(store.stats().cleaned, 0);
+    let stats = store.stats();
+    assert_eq!((stats.cleaned, stats.spills, stats.respills), (1, 0, 1));
     (dir, Arc::new(store))
 }
 

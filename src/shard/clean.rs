@@ -170,24 +170,35 @@ impl<K: Hash + Eq> Shard<K> {
         dir: &SpillDir,
         headroom: u64,
     ) -> Result<(), Error> {
-        loop {
-            let batch = self.dirty_in_window(frontier);
-            if batch.is_empty() {
-                let horizon = frontier.horizon(self.window);
-                self.clean_horizon.store(horizon, Ordering::Relaxed);
-                return Ok(());
-            }
-            let values: Vec<Bytes> = batch.iter().map(|v| v.value.clone()).collect();
-            let records = dir.write_ahead(&values, headroom).inspect_err(|_| {
-                // Those values were counted as clean: count again next time.
-                frontier.restart();
-            })?;
-            drop(values);
-            let mut guard = self.write();
-            for (victim, record) in batch.into_iter().zip(records) {
-                guard.clean(victim, record);
-            }
+        while self.clean_batch(frontier, dir, headroom)? {}
+        Ok(())
+    }
+
+    /// One batch of [`clean`](Self::clean): up to [`BATCH_BYTES`] of values
+    /// written with one write call. Says whether the window may hold more.
+    pub(crate) fn clean_batch(
+        &self,
+        frontier: &mut Frontier,
+        dir: &SpillDir,
+        headroom: u64,
+    ) -> Result<bool, Error> {
+        let batch = self.dirty_in_window(frontier);
+        if batch.is_empty() {
+            let horizon = frontier.horizon(self.window);
+            self.clean_horizon.store(horizon, Ordering::Relaxed);
+            return Ok(false);
         }
+        let values: Vec<Bytes> = batch.iter().map(|v| v.value.clone()).collect();
+        let records = dir.write_ahead(&values, headroom).inspect_err(|_| {
+            // Those values were counted as clean: count again next time.
+            frontier.restart();
+        })?;
+        drop(values);
+        let mut guard = self.write();
+        for (victim, record) in batch.into_iter().zip(records) {
+            guard.clean(victim, record);
+        }
+        Ok(true)
     }
 
     /// Walks the window on from the frontier, a few entries per read-lock
