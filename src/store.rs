@@ -371,8 +371,8 @@ where
     }
 
     /// Wakes the compaction thread when the spill files are wasteful (see
-    /// [`SpillDir::compaction_due`]). Under shuttle the pass runs inline instead, so that
-    /// model checks explore it too.
+    /// [`SpillDir::compaction_due`]). Under shuttle the pass runs inline
+    /// instead, so that model checks explore it too.
     fn compact_when_due(&self) {
         if !self.spill().is_some_and(SpillDir::compaction_due) {
             return;

@@ -81,14 +81,14 @@ impl<K: Hash + Eq> Disk<'_, K> {
         dropped > 0
     }
 
-    /// After an insert into `shard` that had to write its victims itself
-    /// (the spiller is behind, waiting for a core): cleans one batch of the
-    /// shard's window on the inserting thread, unless the spiller or another
-    /// thread is cleaning it (holding its walk). The inserts that come next
-    /// in this shard then
-    /// find their victims written, so one insert in many writes, not each:
-    /// the inserts' p99 is set by how many write, their p99.9 by how much.
-    /// An error only leaves values without a copy, as in the spiller.
+    /// After an insert or a promotion into `shard` that had to write its
+    /// victims itself (the spiller is behind, waiting for a core): cleans
+    /// one batch of the shard's window on the calling thread, unless the
+    /// spiller or another thread is cleaning it (holding its walk). The
+    /// calls that come next in this shard then find their victims written,
+    /// so one call in many writes, not each: the p99 is set by how many
+    /// write, the p99.9 by how much. An error only leaves values without a
+    /// copy, as in the spiller.
     fn help_clean(&self, shard: &Shard<K>) {
         let Some((frontiers, headroom)) = self.cleaning else {
             return;

@@ -20,8 +20,8 @@
 //!   when the last hold on a block goes (a value removed, replaced, brought
 //!   back without its copy, moved by compaction), it is dead, and holes are
 //!   punched over dead blocks (`fallocate(PUNCH_HOLE)`) in batches of a
-//!   sixteenth of a segment (by the spiller thread, within a
-//!   [`PUNCH_TICK`] of a batch coming due), and over all of them as soon as a write would
+//!   sixteenth of a segment (by the spiller thread, within a [`PUNCH_TICK`]
+//!   of a batch coming due), and over all of them as soon as a write would
 //!   go past the disk budget or meets a full disk: the space returns to the
 //!   file system without waiting for the whole file to empty. A file is
 //!   deleted as soon as no record needs it. Blocks that dead and live
