@@ -31,6 +31,7 @@ use bytes::Bytes;
 
 use super::state::{Evictions, Payload, State, Victim};
 use super::Shard;
+use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
 use crate::spill::SpillDir;
@@ -139,6 +140,25 @@ impl<K: Hash + Eq> Shard<K> {
         self.cleaning_due(memory_bytes, dirty_entries, evicted_bytes)
             && !self.clean_requested.load(Ordering::Relaxed)
             && !self.clean_requested.swap(true, Ordering::AcqRel)
+    }
+
+    /// [`request_cleaning`](Self::request_cleaning) for a transition about
+    /// to add a value of `len` bytes to `state` (`added_dirty`: 1 if it has
+    /// no disk copy, else 0), waking `spiller` if asked.
+    pub(super) fn ask_spiller(
+        &self,
+        state: &State<K>,
+        len: u64,
+        added_dirty: usize,
+        spiller: Option<&Waker>,
+    ) {
+        let memory = state.counts.memory_bytes.saturating_add(len);
+        let dirty = state.counts.dirty_entries + added_dirty;
+        if self.request_cleaning(memory, dirty, state.evictions.bytes) {
+            if let Some(spiller) = spiller {
+                spiller.wake();
+            }
+        }
     }
 
     /// The conditions of [`request_cleaning`](Self::request_cleaning),

@@ -105,13 +105,8 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, None) {
             return None;
         }
-        let state = guard.state();
-        let memory = state.counts.memory_bytes.saturating_add(len);
-        if self.request_cleaning(memory, state.counts.dirty_entries, state.evictions.bytes) {
-            if let Some(spiller) = spiller {
-                spiller.wake();
-            }
-        }
+        // A promoted value keeps its record as its copy.
+        self.ask_spiller(guard.state(), len, 0, spiller);
         guard.promote(key, hash, &reader, &bytes);
         drop(guard);
         bump(&self.counters.reloads, 1);
@@ -153,14 +148,7 @@ impl<K: Hash + Eq> Shard<K> {
         if over > 0 && !guard.evict_without_writes(over, keep) {
             return Err((key, value));
         }
-        let state = guard.state();
-        let memory = state.counts.memory_bytes.saturating_add(len);
-        let dirty = state.counts.dirty_entries + 1;
-        if self.request_cleaning(memory, dirty, state.evictions.bytes) {
-            if let Some(spiller) = spiller {
-                spiller.wake();
-            }
-        }
+        self.ask_spiller(guard.state(), len, 1, spiller);
         guard.store(key, hash, Payload::Resident { value, copy: None });
         Ok(())
     }

@@ -406,15 +406,8 @@ where
             if over == 0 {
                 // An insert adds a value without a copy; a promotion, one
                 // with its record as copy.
-                let state = guard.state();
-                let memory = state.counts.memory_bytes.saturating_add(len);
                 let added = usize::from(replacing.is_some());
-                let dirty = state.counts.dirty_entries + added;
-                if self.request_cleaning(memory, dirty, state.evictions.bytes) {
-                    if let Some(spiller) = disk.and_then(|d| d.spiller) {
-                        spiller.wake();
-                    }
-                }
+                self.ask_spiller(guard.state(), len, added, disk.and_then(|d| d.spiller));
                 return Ok((guard, keep, wrote));
             }
             let disk = disk.expect("a bounded shard always has a dump dir");

@@ -119,8 +119,9 @@ pub(crate) struct DirShared {
     allocated: AtomicU64,
     /// Bytes of live records in all files: what compaction could shrink to.
     live_bytes: AtomicU64,
-    /// Cleared when the file system refuses to punch a hole.
-    can_punch: AtomicBool,
+    /// Cleared when the file system refuses to punch a hole. Shared with
+    /// the segments, which ask it for every record compaction looks at.
+    can_punch: Arc<AtomicBool>,
     /// Live [`BulkRelease`] guards: releases do not punch meanwhile.
     bulk_releases: AtomicUsize,
     /// Segments with dead blocks not punched yet.
@@ -279,7 +280,7 @@ impl SpillDir {
                 file_bytes: AtomicU64::new(0),
                 allocated: AtomicU64::new(0),
                 live_bytes: AtomicU64::new(0),
-                can_punch: AtomicBool::new(true),
+                can_punch: Arc::new(AtomicBool::new(true)),
                 bulk_releases: AtomicUsize::new(0),
                 dead: Mutex::new(Vec::new()),
                 due: Mutex::new(Vec::new()),

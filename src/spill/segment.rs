@@ -97,6 +97,9 @@ pub(crate) struct Segment {
     /// The dump dir's read mode (mapping or `pread`), held here so a read
     /// need not upgrade `dir`, a shared reference count.
     reads: Arc<ReadPolicy>,
+    /// The dump dir's `can_punch`, held here for the same reason: compaction
+    /// asks [`is_sparse`](Self::is_sparse) of every record it looks at.
+    can_punch: Arc<AtomicBool>,
 }
 
 /// An open spill file: its descriptor and, once some record was read, its
@@ -179,6 +182,7 @@ impl Segment {
             listed: AtomicBool::new(false),
             dir: Arc::downgrade(dir),
             reads: Arc::clone(&dir.reads),
+            can_punch: Arc::clone(&dir.can_punch),
         }))
     }
 
@@ -330,10 +334,7 @@ impl Segment {
     /// where holes are punched: see [`super::length_factor`]).
     pub(super) fn is_sparse(&self) -> bool {
         let live = self.live_bytes.load(Ordering::Relaxed);
-        let can_punch = self
-            .dir
-            .upgrade()
-            .is_some_and(|d| d.can_punch.load(Ordering::Relaxed));
+        let can_punch = self.can_punch.load(Ordering::Relaxed);
         self.sealed.load(Ordering::Acquire)
             && (live.saturating_mul(super::length_factor(can_punch)) <= self.size
                 || live.saturating_mul(2) <= self.accounted())
