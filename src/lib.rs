@@ -148,6 +148,7 @@ mod compaction;
 mod config;
 mod error;
 mod lru;
+mod retire;
 mod shard;
 mod spill;
 mod stats;
