@@ -67,9 +67,7 @@
 //!   per-thread HDR histograms (3 significant digits) merged after the phase:
 //!   inserts during load, gets served from memory, gets that reloaded from a
 //!   spill file, and inserts (replacements) during the mixed phase.
-//! * **peak**: the largest `memory_bytes` (and beside it `retired_bytes`:
-//!   replaced values waiting for the store's background thread to drop
-//!   them), `disk_bytes`, spill-file lengths
+//! * **peak**: the largest `memory_bytes`, `disk_bytes`, spill-file lengths
 //!   (`spill_file_bytes` / `spill_files`: apparent, holes and dead space
 //!   included) and what the files occupy on disk by the store's count
 //!   (`spill_file_allocated_bytes`) seen by the sampler over the whole run;

@@ -12,12 +12,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam::channel::{self, RecvTimeoutError, Sender};
-
-use crate::sync::atomic::AtomicBool as SharedBool;
-use crate::sync::Mutex;
 
 /// A handle that wakes a [`Worker`]; cheap to clone.
 #[derive(Clone)]
@@ -36,79 +33,6 @@ impl Waker {
         // Full means a wake-up is pending already: nothing to add. A closed
         // channel means the worker stopped: nothing to do either.
         let _ = self.0.try_send(());
-    }
-}
-
-/// How often a worker runs by itself while work of one kind keeps coming
-/// (see [`Ticking`]): the most that work waits, beyond what its producers
-/// gather, before the worker takes it.
-pub(crate) const TICK: Duration = Duration::from_millis(5);
-
-/// How long a worker goes on ticking after work of one kind last came,
-/// before it sleeps until woken.
-pub(crate) const TICK_IDLE: Duration = Duration::from_millis(50);
-
-/// Tells a worker about work of one kind without waking it while it ticks.
-///
-/// Waking a worker costs the caller a futex call and, worse, often its
-/// core: the woken thread preempts it there when the other cores are busy.
-/// So while work keeps coming, the worker runs every [`TICK`] by itself
-/// (its job returns [`next_tick`](Self::next_tick)) and producers only set a
-/// flag; it is woken again only once it has stopped ticking.
-#[derive(Default)]
-pub(crate) struct Ticking {
-    /// Set while the worker ticks: work that comes meanwhile need not wake it.
-    ticking: SharedBool,
-    /// Set when work comes, cleared when the worker looks: what it checks
-    /// before it stops ticking.
-    pending: SharedBool,
-    /// When the worker last found work pending; `None` while it does not tick.
-    seen: Mutex<Option<Instant>>,
-}
-
-impl Ticking {
-    /// Work came: wakes the worker through `waker` unless it ticks.
-    pub(crate) fn came(&self, waker: &Waker) {
-        // Paired with `next_tick`: the worker either sees this work pending,
-        // or stopped ticking before and is woken here.
-        self.pending.store(true, Ordering::SeqCst);
-        if !self.ticking.load(Ordering::SeqCst) {
-            waker.wake();
-        }
-    }
-
-    /// For the worker, after it took the work: `Some(TICK)` to run again
-    /// that soon by itself, while work keeps coming (some came within the
-    /// last [`TICK_IDLE`]); `None` to sleep until woken.
-    pub(crate) fn next_tick(&self) -> Option<Duration> {
-        let mut seen = self.seen.lock();
-        let now = Instant::now();
-        if self.pending.swap(false, Ordering::SeqCst) {
-            *seen = Some(now);
-        }
-        if seen.is_some_and(|t| now.duration_since(t) < TICK_IDLE) {
-            self.ticking.store(true, Ordering::SeqCst);
-            return Some(TICK);
-        }
-        self.ticking.store(false, Ordering::SeqCst);
-        // Work that came before the flag went down was not woken for (its
-        // producer saw the flag up): tick on for it. Work that comes after
-        // finds the flag down and wakes the worker.
-        if self.pending.swap(false, Ordering::SeqCst) {
-            *seen = Some(now);
-            self.ticking.store(true, Ordering::SeqCst);
-            return Some(TICK);
-        }
-        *seen = None;
-        None
-    }
-}
-
-/// The sooner of two ticks a job asks for.
-pub(crate) fn sooner(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -112,13 +112,6 @@ impl<K> Builder<K> {
     /// are refused (`ObjectTooLarge`, "memory limit"). Must be positive and
     /// needs [`dump_dir`](Self::dump_dir).
     ///
-    /// The stored values in memory never exceed it. Besides them, values of
-    /// 4 KiB or more that a replace, remove or `clear` let go of, and that
-    /// nobody else holds, wait for the store's background thread to drop
-    /// them (for a few milliseconds, up to an eighth of this budget; see
-    /// [`Stats::retired_bytes`](crate::Stats::retired_bytes)), so that
-    /// freeing them never stalls the caller.
-    ///
     /// # Examples
     ///
     /// ```

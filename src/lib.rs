@@ -148,7 +148,6 @@ mod compaction;
 mod config;
 mod error;
 mod lru;
-mod retire;
 mod shard;
 mod spill;
 mod stats;

@@ -34,12 +34,6 @@ pub struct Stats {
     pub disk_entries: usize,
     /// Bytes of the values in memory; never more than `max_size`.
     pub memory_bytes: u64,
-    /// Bytes of values replaced, removed or cleared that wait for the
-    /// store's background thread to drop them (for a few milliseconds, and
-    /// at most an eighth of `max_size`): memory the process still holds
-    /// beyond `memory_bytes`. Always 0 in a store without a dump dir; see
-    /// [`Builder::max_size`](crate::Builder::max_size).
-    pub retired_bytes: u64,
     /// Bytes of the values only on disk.
     pub disk_bytes: u64,
     /// The configured in-memory budget, if any.

@@ -3,17 +3,16 @@
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 
-use crate::background::{sooner, Worker};
+use crate::background::Worker;
 use crate::compaction;
 use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
-use crate::retire::{self, Retired};
 #[cfg(feature = "tokio")]
 use crate::shard::Probe;
 use crate::shard::{Disk, Frontier, Lookup, Shard};
@@ -104,9 +103,6 @@ struct Shared<K> {
     frontiers: Vec<Mutex<Frontier>>,
     /// `clean_ahead`: also the disk budget the spiller leaves untouched.
     clean_ahead: u64,
-    /// Values the shards let go of, for the spiller to drop (see
-    /// [`crate::retire`]); set once the spiller runs.
-    retired: OnceLock<Arc<Retired>>,
 }
 
 impl<K: Hash + Eq + Send + Sync> Shared<K> {
@@ -147,20 +143,17 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
         false
     }
 
-    /// The spiller thread's run: drops the values the shards let go of,
-    /// then runs [`run_spiller`](Self::run_spiller); after a write error,
-    /// it waits a little before it takes the next wake-up, so that a full
-    /// disk does not turn every insert's wake-up into a failing write. Says
-    /// when to run again without a wake-up: every
-    /// [`TICK`](crate::background::TICK) while holes are being punched or
-    /// values let go of (see [`Ticking`](crate::background::Ticking)).
+    /// The spiller thread's run: after a write error, it waits a little
+    /// before it takes the next wake-up, so that a full disk does not turn
+    /// every insert's wake-up into a failing write. Says when to run again
+    /// without a wake-up: while holes are being punched, every
+    /// [`PUNCH_TICK`](crate::spill::PUNCH_TICK) (see
+    /// [`SpillDir::next_punch_tick`]).
     fn run_spiller_pausing(&self) -> Option<Duration> {
-        let retired = self.retired.get().and_then(|r| r.drop_waiting());
         if self.run_spiller(false) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let punched = self.spill.as_ref().and_then(SpillDir::next_punch_tick);
-        sooner(retired, punched)
+        self.spill.as_ref().and_then(SpillDir::next_punch_tick)
     }
 
     /// The background thread's pass: serves the requests made so far,
@@ -287,7 +280,6 @@ where
             spiller_run: Mutex::new(()),
             frontiers: (0..n).map(|_| Mutex::new(Frontier::default())).collect(),
             clean_ahead: config.clean_ahead,
-            retired: OnceLock::new(),
         });
         let (compactor, spiller) = match &shared.spill {
             Some(spill) if !cfg!(shuttle) => {
@@ -303,12 +295,6 @@ where
                 })?;
                 let spiller = spawn("spillstore-spiller", Shared::run_spiller_pausing)?;
                 spill.punch_in_background(spiller.waker().clone());
-                let cap = config.max_size.unwrap_or(0) / retire::CAP_DIVISOR;
-                let retired = Arc::new(Retired::new(cap, spiller.waker().clone()));
-                for shard in shared.shards.iter() {
-                    shard.retire_to(Arc::clone(&retired));
-                }
-                let _ = shared.retired.set(retired);
                 (Some(compactor), Some(spiller))
             }
             _ => (None, None),
@@ -443,10 +429,9 @@ where
     /// Waits until no background work is in progress, and does what is
     /// pending on the calling thread: a run of the spiller (copies written
     /// ahead, holes punched) and a compaction pass in progress end first,
-    /// then the spiller's pending work (values let go of dropped, every
-    /// shard's clean window walked in full) and a compaction pass that is
-    /// due run here, serving every wake-up the background threads were sent
-    /// so far. Afterwards [`stats`](Self::stats) and the dump directory reflect
+    /// then the spiller's pending work (every shard's clean window walked
+    /// in full) and a compaction pass that is due run here, serving every wake-up the background threads were sent so
+    /// far. Afterwards [`stats`](Self::stats) and the dump directory reflect
     /// every call that returned before, until the next insert or remove
     /// wakes a background thread again.
     ///
@@ -472,9 +457,6 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn quiesce(&self) {
-        if let Some(retired) = self.shared.retired.get() {
-            retired.drop_waiting();
-        }
         self.shared.run_spiller(true);
         self.shared.compact(false, false, true);
         // What the pass freed is punched now, not by the spiller later.
@@ -774,7 +756,6 @@ where
             stats.compactions = usage.compactions;
             stats.compacted_bytes = usage.compacted_bytes;
         }
-        stats.retired_bytes = self.shared.retired.get().map_or(0, |r| r.bytes());
         stats
     }
 

@@ -337,32 +337,3 @@ fn two_hundred_thousand_spilled_values_all_read_back() {
     }
     assert!(s.stats().spill_files < 100);
 }
-
-/// Replaced values of a page or more are dropped by the spiller thread, not
-/// by the inserting thread: they wait within an eighth of `max_size`, and
-/// `quiesce` drops them all.
-#[test]
-fn replaced_values_wait_to_be_dropped_within_an_eighth_of_max_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let max_size = 256 * 1024;
-    let s: SpillStore<u64> = SpillStore::builder()
-        .max_size(max_size)
-        .dump_dir(dir.path().join("dump"))
-        .shards(2)
-        .build()
-        .unwrap();
-    for round in 0..50u64 {
-        for k in 0..64u64 {
-            s.insert(k, value(k << 16 | round, 8 * 1024)).unwrap();
-            let st = s.stats();
-            assert!(st.retired_bytes <= max_size / 8, "{st:?}");
-            assert!(st.memory_bytes <= max_size, "{st:?}");
-        }
-    }
-    s.quiesce();
-    assert_eq!(s.stats().retired_bytes, 0);
-    for k in 0..64u64 {
-        assert_eq!(s.get(&k).unwrap().unwrap(), value(k << 16 | 49, 8 * 1024));
-    }
-    s.validate().unwrap();
-}

@@ -253,9 +253,6 @@ impl Latency {
 pub(crate) struct Peaks {
     /// Largest `memory_bytes`.
     pub(crate) memory_bytes: u64,
-    /// Largest `retired_bytes` (replaced values waiting for the store's
-    /// background thread to drop them).
-    pub(crate) retired_bytes: u64,
     /// Largest `disk_bytes`.
     pub(crate) disk_bytes: u64,
     /// Largest `spill_file_bytes` (apparent lengths).
@@ -336,7 +333,6 @@ impl Peaks {
     /// Folds one stats snapshot into the peaks.
     pub(crate) fn observe(&mut self, stats: &Stats) {
         self.memory_bytes = self.memory_bytes.max(stats.memory_bytes);
-        self.retired_bytes = self.retired_bytes.max(stats.retired_bytes);
         self.disk_bytes = self.disk_bytes.max(stats.disk_bytes);
         self.spill_file_bytes = self.spill_file_bytes.max(stats.spill_file_bytes);
         self.spill_file_allocated_bytes = self
@@ -465,7 +461,6 @@ impl Report {
             "latency_ns": latency,
             "peak": {
                 "memory_bytes": self.peaks.memory_bytes,
-                "retired_bytes": self.peaks.retired_bytes,
                 "disk_bytes": self.peaks.disk_bytes,
                 "spill_file_bytes": self.peaks.spill_file_bytes,
                 "spill_file_allocated_bytes": self.peaks.spill_file_allocated_bytes,
@@ -668,10 +663,8 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "peak            memory {}{over} (+ {} to drop), on disk {}, spill files {} in {} \
-             occupying {} ({} samples)",
+            "peak            memory {}{over}, on disk {}, spill files {} in {} occupying {} ({} samples)",
             format_size(self.peaks.memory_bytes),
-            format_size(self.peaks.retired_bytes),
             format_size(self.peaks.disk_bytes),
             format_size(self.peaks.spill_file_bytes),
             self.peaks.spill_files,

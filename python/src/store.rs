@@ -327,10 +327,10 @@ impl StoreCore {
 
     /// Sizes and activity counters, as a dict of the library's `Stats` fields:
     /// `entries`, `memory_entries`, `disk_entries`, `memory_bytes`,
-    /// `retired_bytes`, `disk_bytes`, `max_size`, `spill_files`,
-    /// `spill_file_bytes`, `hits`, `misses`, `reloads`, `reloaded_bytes`,
-    /// `spills`, `spilled_bytes`, `respills`, `cleaned`, `cleaned_bytes`,
-    /// `corruptions`, `compactions`, `compacted_bytes`.
+    /// `disk_bytes`, `max_size`, `spill_files`, `spill_file_bytes`, `hits`,
+    /// `misses`, `reloads`, `reloaded_bytes`, `spills`, `spilled_bytes`,
+    /// `respills`, `cleaned`, `cleaned_bytes`, `corruptions`, `compactions`,
+    /// `compacted_bytes`.
     ///
     /// Example:
     ///     >>> import spillstore
@@ -346,7 +346,6 @@ impl StoreCore {
         dict.set_item("memory_entries", st.memory_entries)?;
         dict.set_item("disk_entries", st.disk_entries)?;
         dict.set_item("memory_bytes", st.memory_bytes)?;
-        dict.set_item("retired_bytes", st.retired_bytes)?;
         dict.set_item("disk_bytes", st.disk_bytes)?;
         dict.set_item("max_size", st.max_size)?;
         dict.set_item("spill_files", st.spill_files)?;

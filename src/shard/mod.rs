@@ -18,7 +18,6 @@ mod state;
 
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -28,7 +27,6 @@ use crate::access::AccessLog;
 use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
-use crate::retire::Retired;
 use crate::spill::{Record, RecordReader, SpillDir};
 use crate::stats::{bump, Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64};
@@ -131,9 +129,6 @@ pub(crate) struct Shard<K> {
     /// `u64::MAX`; written by the spiller under the read lock, read by the
     /// eviction hand under the write lock.
     frontier_slot: AtomicU64,
-    /// Where values taken out of the shard go to be dropped by the spiller
-    /// (see [`crate::retire`]); unset without one.
-    retired: OnceLock<Arc<Retired>>,
     hasher: ahash::RandomState,
     counters: Counters,
 }
@@ -157,7 +152,6 @@ where
             clean_requested: AtomicBool::new(false),
             clean_horizon: AtomicU64::new(0),
             frontier_slot: AtomicU64::new(u64::MAX),
-            retired: OnceLock::new(),
             hasher,
             counters: Counters::default(),
         }
@@ -165,12 +159,6 @@ where
 
     pub(crate) fn budget(&self) -> u64 {
         self.budget
-    }
-
-    /// Hands the values this shard lets go of to `retired`, to be dropped
-    /// by the spiller, from now on.
-    pub(crate) fn retire_to(&self, retired: Arc<Retired>) {
-        let _ = self.retired.set(retired);
     }
 
     /// Stores `value` under `key`, replacing any previous value.

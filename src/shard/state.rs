@@ -55,7 +55,6 @@ use hashbrown::HashTable;
 
 use super::Shard;
 use crate::lru::{LinkedSlab, SlotId};
-use crate::retire::Retired;
 use crate::spill::{Record, RecordReader};
 use crate::stats::{bump, Counters};
 use crate::sync::{lock_tracking, RwLockWriteGuard};
@@ -128,20 +127,10 @@ impl Garbage {
         self.take(Payload::Disk(record));
     }
 
-    /// Drops everything taken, handing large values over to `retired`
-    /// when there is one; the guard calls this with the lock released.
-    pub(super) fn free(&mut self, retired: Option<&Retired>) {
-        let Some(retired) = retired else {
-            self.first = None;
-            self.rest.clear();
-            return;
-        };
-        for payload in self.first.take().into_iter().chain(self.rest.drain(..)) {
-            if let Payload::Resident { value, copy } = payload {
-                drop(copy);
-                drop(retired.hand_over(value));
-            }
-        }
+    /// Drops everything taken; the guard calls this with the lock released.
+    pub(super) fn free(&mut self) {
+        self.first = None;
+        self.rest.clear();
     }
 }
 
@@ -270,7 +259,7 @@ impl<'a, K> WriteGuard<'a, K> {
             drop(state);
             lock_tracking::released();
         }
-        self.garbage.free(self.shard.retired.get().map(|r| &**r));
+        self.garbage.free();
     }
 
     /// Runs `io` with the lock released (and the garbage freed), then locks

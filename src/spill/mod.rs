@@ -20,11 +20,10 @@
 //!   when the last hold on a block goes (a value removed, replaced, brought
 //!   back without its copy, moved by compaction), it is dead, and holes are
 //!   punched over dead blocks (`fallocate(PUNCH_HOLE)`) in batches of a
-//!   sixteenth of a segment (by the spiller thread, within a
-//!   [`TICK`](crate::background::TICK) of a batch coming due), and over all
-//!   of them as soon as a write would go past the disk budget or meets a
-//!   full disk: the space returns to the file system without waiting for
-//!   the whole file to empty. A file is
+//!   sixteenth of a segment (by the spiller thread, within a [`PUNCH_TICK`]
+//!   of a batch coming due), and over all of them as soon as a write would
+//!   go past the disk budget or meets a full disk: the space returns to the
+//!   file system without waiting for the whole file to empty. A file is
 //!   deleted as soon as no record needs it. Blocks that dead and live
 //!   records share stay until compaction moves the live ones. Where the
 //!   file system cannot punch holes (`EOPNOTSUPP`: some network and older
@@ -60,7 +59,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Mutex;
@@ -71,7 +70,7 @@ use record::{FILE_HEADER_LEN, HEADER_LEN};
 use segment::Segment;
 pub(crate) use segment::{Record, RecordReader};
 
-use crate::background::{Ticking, Waker};
+use crate::background::Waker;
 use crate::config::Config;
 use crate::error::Error;
 
@@ -81,6 +80,15 @@ pub(crate) const LOCK_FILE_NAME: &str = ".spillstore.lock";
 /// Records written by one vectored write, at most (two buffers each,
 /// within the kernel's `IOV_MAX` of 1024).
 const MAX_RECORDS_PER_WRITE: usize = 256;
+
+/// How often the punching thread runs by itself while batches of dead
+/// blocks keep coming due (see [`SpillDir::next_punch_tick`]): the most a
+/// batch waits, beyond its size, before its space returns.
+pub(crate) const PUNCH_TICK: Duration = Duration::from_millis(5);
+
+/// How long the punching thread goes on ticking after the last batch came
+/// due, before it sleeps until woken.
+const PUNCH_IDLE: Duration = Duration::from_millis(50);
 
 /// An open, locked dump directory.
 pub(crate) struct SpillDir {
@@ -124,8 +132,15 @@ pub(crate) struct DirShared {
     /// Wakes the thread that punches `due` segments; unset, the thread that
     /// drops the last hold on a batch punches it.
     puncher: OnceLock<Waker>,
-    /// Batches that come due while that thread ticks need not wake it.
-    punching: Ticking,
+    /// Set while that thread runs every [`PUNCH_TICK`] by itself: batches
+    /// that come due meanwhile need not wake it.
+    punch_ticking: AtomicBool,
+    /// Set when a batch comes due, cleared when the thread takes them: what
+    /// it checks before it stops ticking (see [`SpillDir::next_punch_tick`]).
+    punch_pending: AtomicBool,
+    /// When the thread last found a batch pending; `None` while it does
+    /// not tick.
+    punch_seen: Mutex<Option<Instant>>,
     /// Dead bytes a segment gathers before they are punched in one batch.
     punch_batch: u64,
     punched_bytes: AtomicU64,
@@ -270,7 +285,9 @@ impl SpillDir {
                 dead: Mutex::new(Vec::new()),
                 due: Mutex::new(Vec::new()),
                 puncher: OnceLock::new(),
-                punching: Ticking::default(),
+                punch_ticking: AtomicBool::new(false),
+                punch_pending: AtomicBool::new(false),
+                punch_seen: Mutex::new(None),
                 punch_batch: (config.segment_size / 16).max(block),
                 punched_bytes: AtomicU64::new(0),
                 compacting: AtomicBool::new(false),
@@ -400,13 +417,38 @@ impl SpillDir {
         self.shared.punch_due();
     }
 
-    /// For the punching thread, after each of its runs: when to run again
-    /// by itself, while batches keep coming due (see [`Ticking`]). 2-3% of
-    /// spillbench's inserts woke it when they freed the replaced value's
-    /// record, and those inserts made its p99; while batches keep coming,
-    /// the thread ticks instead and nobody wakes it for them.
+    /// For the punching thread, after each of its runs: `Some(PUNCH_TICK)`
+    /// to run again that soon by itself, while batches keep coming due (one
+    /// came within the last [`PUNCH_IDLE`]); `None` to sleep until woken.
+    ///
+    /// Waking the thread costs the caller whose release completed a batch
+    /// a futex call and, worse, often its core: the woken thread preempts
+    /// it there when the other cores are busy. 2-3% of spillbench's inserts
+    /// woke it when they freed the replaced value's record, and those
+    /// inserts made its p99. While batches keep coming, the thread ticks
+    /// instead and nobody wakes it for them.
     pub(crate) fn next_punch_tick(&self) -> Option<Duration> {
-        self.shared.punching.next_tick()
+        let shared = &self.shared;
+        let mut seen = shared.punch_seen.lock();
+        let now = Instant::now();
+        if shared.punch_pending.swap(false, Ordering::SeqCst) {
+            *seen = Some(now);
+        }
+        if seen.is_some_and(|t| now.duration_since(t) < PUNCH_IDLE) {
+            shared.punch_ticking.store(true, Ordering::SeqCst);
+            return Some(PUNCH_TICK);
+        }
+        shared.punch_ticking.store(false, Ordering::SeqCst);
+        // A batch that came due before the flag went down was not woken
+        // for (its releaser saw the flag up): tick on for it. One that comes
+        // after finds the flag down and wakes the thread.
+        if shared.punch_pending.swap(false, Ordering::SeqCst) {
+            *seen = Some(now);
+            shared.punch_ticking.store(true, Ordering::SeqCst);
+            return Some(PUNCH_TICK);
+        }
+        *seen = None;
+        None
     }
 
     /// Suspends hole punching while the returned guard lives; see
@@ -684,7 +726,13 @@ impl DirShared {
                         due.push(Arc::downgrade(segment));
                     }
                     drop(due);
-                    self.punching.came(puncher);
+                    // Paired with `next_punch_tick`: the thread either sees
+                    // this batch pending, or stopped ticking before it was
+                    // listed and is woken here.
+                    self.punch_pending.store(true, Ordering::SeqCst);
+                    if !self.punch_ticking.load(Ordering::SeqCst) {
+                        puncher.wake();
+                    }
                 }
                 None => segment.punch_dead_blocks(self),
             }
@@ -913,7 +961,6 @@ fn remove_orphans(dir: &Path) -> Orphans {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::background::{TICK, TICK_IDLE};
     use crate::config::Builder;
 
     fn config(segment_size: u64, max_disk_size: Option<u64>, open_files: Option<usize>) -> Config {
@@ -1250,7 +1297,7 @@ mod tests {
 
     /// A batch of dead blocks wakes the punching thread only while it does
     /// not tick; it ticks while batches keep coming, and stops after
-    /// `TICK_IDLE` without one.
+    /// `PUNCH_IDLE` without one.
     #[test]
     fn batches_wake_the_puncher_only_when_it_does_not_tick() {
         // 64 KiB segments: batches of a block.
@@ -1262,13 +1309,17 @@ mod tests {
         drop(records.remove(1));
         assert!(woken.try_recv().is_ok(), "a batch came due: woken");
         spill.punch_due();
-        assert_eq!(spill.next_punch_tick(), Some(TICK));
+        assert_eq!(spill.next_punch_tick(), Some(PUNCH_TICK));
         drop(records.remove(1));
         assert!(woken.try_recv().is_err(), "ticking: not woken");
         spill.punch_due();
-        assert_eq!(spill.next_punch_tick(), Some(TICK));
-        assert_eq!(spill.next_punch_tick(), Some(TICK), "within TICK_IDLE");
-        std::thread::sleep(TICK_IDLE);
+        assert_eq!(spill.next_punch_tick(), Some(PUNCH_TICK));
+        assert_eq!(
+            spill.next_punch_tick(),
+            Some(PUNCH_TICK),
+            "within PUNCH_IDLE"
+        );
+        std::thread::sleep(PUNCH_IDLE);
         assert_eq!(spill.next_punch_tick(), None, "idle: sleeps until woken");
         drop(records.remove(1));
         assert!(woken.try_recv().is_ok(), "woken again");
