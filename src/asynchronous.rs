@@ -6,11 +6,12 @@
 //! served at once, with no task hop. Only what needs the disk goes to
 //! tokio's blocking pool (`spawn_blocking`) and runs the synchronous call
 //! there: a reload whose record is not in the page cache (or whose return
-//! to memory must write a victim out), an insert that must write a value out (a victim without
-//! a disk copy, or a value larger than its shard's share), and a remove or
-//! replace that drops a spill record (which may punch a hole in its file or
-//! delete it). See [`AsyncSpillStore`] for which calls can still wait, and
-//! for how long.
+//! to memory must write a victim out), and an insert that must write a
+//! value out (a victim without a disk copy, or a value larger than its
+//! shard's share). A remove or replace that lets go of a spill record stays
+//! inline: the record goes to the store's background thread, which drops it
+//! (dropping the last record of a file deletes the file). See
+//! [`AsyncSpillStore`] for which calls can still wait, and for how long.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -21,10 +22,10 @@ use bytes::Bytes;
 use crate::shard::Probe;
 use crate::{Error, Location, SpillStore, Stats};
 
-/// A [`SpillStore`] for async code on tokio: memory hits and inserts that
-/// fit are served inline; reloads, spills and the removal of spilled values
-/// run on tokio's blocking pool, so no future blocks its executor thread
-/// on disk I/O.
+/// A [`SpillStore`] for async code on tokio: memory hits, inserts that
+/// fit and removes are served inline; reloads from disk and spills run on
+/// tokio's blocking pool, so no future blocks its executor thread on disk
+/// I/O.
 ///
 /// Made by [`SpillStore::into_async`]. Cloning is cheap (an [`Arc`] of the
 /// store); every clone is the same store, and the store is dropped (its
@@ -39,8 +40,8 @@ use crate::{Error, Location, SpillStore, Stats};
 /// | call | inline, on the task | on the blocking pool |
 /// |---|---|---|
 /// | [`get`](Self::get) | value in memory, or absent; value on disk whose record the page cache holds (read with `preadv2(RWF_NOWAIT)`, which never waits for the disk), when bringing it back into memory needs no write | value on disk otherwise: the reload (and the spills that make room for it) |
-/// | [`insert`](Self::insert) | room is made only by evicting values that keep a disk copy (no write) | a victim must be written, the value is larger than its shard's share, or the value replaced has a disk record |
-/// | [`remove`](Self::remove) | the value is absent, or in memory without a disk copy | the value has a disk record (on disk, or a resident value's copy) |
+/// | [`insert`](Self::insert) | room is made only by evicting values that keep a disk copy (no write); a disk record of the value replaced goes to the store's background thread to be dropped | a victim must be written, or the value is larger than its shard's share |
+/// | [`remove`](Self::remove) | always; a disk record of the value removed goes to the store's background thread to be dropped | |
 /// | all three | | the shard's lock is taken (see below) |
 /// | `contains_key`, `location`, `len`, `stats` | always | never |
 ///
@@ -63,7 +64,11 @@ use crate::{Error, Location, SpillStore, Stats};
 /// - after the lock is released, freeing the memory of the values an
 ///   inline `insert` or `remove` took out (the replaced value, the
 ///   victims respilled): a `free` per value, for large values an `munmap`
-///   system call, but no disk access;
+///   system call, but no disk access; the spill records they let go of are
+///   handed to the store's background thread (one uncontended lock, and
+///   at most a futex wake-up when that thread sleeps), which drops them
+///   within about 5 ms: until then their disk space stays taken (a write
+///   that needs it drops them first);
 /// - the synchronous [`contains_key`](Self::contains_key),
 ///   [`location`](Self::location), [`len`](Self::len) and
 ///   [`stats`](Self::stats), which wait for a read lock (of one shard, or
@@ -280,7 +285,9 @@ where
     /// copy leave (a "respill"). Otherwise the insert runs on the blocking
     /// pool, where it writes the victims out; the victims respilled inline
     /// before that are the ones the synchronous insert evicts first, so the
-    /// order of eviction is the same.
+    /// order of eviction is the same. A spill record of the value replaced
+    /// goes to the store's background thread to be dropped, as in
+    /// [`remove`](Self::remove).
     ///
     /// # Errors
     ///
@@ -309,9 +316,10 @@ where
     /// Removes `key`; returns whether it was there. As
     /// [`SpillStore::remove`].
     ///
-    /// Inline when the key is absent or its value is in memory without a
-    /// disk copy; on the blocking pool when it drops a spill record
-    /// (which may punch a hole into its file, or delete it).
+    /// Inline unless the shard's lock is taken (then on the blocking pool).
+    /// A spill record it lets go of (the value was on disk, or had a disk
+    /// copy) goes to the store's background thread to be dropped, since
+    /// dropping the last record of a file deletes the file.
     ///
     /// # Errors
     ///

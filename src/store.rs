@@ -679,6 +679,9 @@ where
         // Files emptied here are deleted whole: no holes punched first.
         let _bulk = self.spill().map(SpillDir::bulk_release);
         self.shared.for_each_shard(Shard::clear);
+        if let Some(spill) = self.spill() {
+            spill.drop_handed_over();
+        }
         Ok(())
     }
 
@@ -855,7 +858,7 @@ where
         self.check_size(value.len() as u64)?;
         let (shard, hash) = self.route(&key);
         let spiller = self.spiller.as_ref().map(Worker::waker);
-        match shard.insert_without_io(key, hash, value, spiller) {
+        match shard.insert_without_io(key, hash, value, spiller, self.spill()) {
             Ok(()) => {
                 self.compact_when_due();
                 Ok(None)
@@ -873,7 +876,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        let removed = shard.remove_without_io(key, hash)?;
+        let removed = shard.remove_without_io(key, hash, self.spill())?;
         self.compact_when_due();
         Some(removed)
     }

@@ -363,10 +363,11 @@ fn assert_same(sync: &SpillStore<u32>, other: &SpillStore<u32>, keys: std::ops::
     other.validate().unwrap();
 }
 
-/// A value without a disk record is removed inline; one with a record (on
-/// disk, or a copy) on the pool, where its file goes.
+/// Removes run inline, whatever the value holds: a disk record (the value
+/// on disk, or a resident value's copy) goes to the store's background
+/// thread, which drops it and so deletes the emptied file.
 #[test]
-fn removal_drops_records_on_the_blocking_pool() {
+fn removals_are_inline_and_records_go_to_the_background_thread() {
     let dir = tempfile::tempdir().unwrap();
     let rt = one_blocking_thread();
     let _runtime = rt.enter();
@@ -379,18 +380,41 @@ fn removal_drops_records_on_the_blocking_pool() {
     let jam = Jam::new(&rt);
     assert!(inline(store.remove(&4)).unwrap(), "in memory, no copy");
     assert!(!inline(store.remove(&9)).unwrap(), "absent");
-    assert!(pooled(&rt, jam, store.remove(&2)).unwrap(), "on disk");
-    let jam = Jam::new(&rt);
-    assert!(
-        pooled(&rt, jam, store.remove(&1)).unwrap(),
-        "resident with a copy"
-    );
+    assert!(inline(store.remove(&2)).unwrap(), "on disk");
+    assert!(inline(store.remove(&1)).unwrap(), "resident with a copy");
     assert_eq!(store.location(&3), Some(Location::File));
-    assert!(rt.block_on(store.remove(&3)).unwrap());
+    assert!(inline(store.remove(&3)).unwrap());
+    jam.end(&rt);
     assert!(store.store().is_empty());
     store.store().quiesce();
     let stats = store.stats();
     assert_eq!((stats.spill_files, stats.spill_live_bytes), (0, 0));
+    assert_eq!(common::data_files(dir.path()), Vec::<String>::new());
+}
+
+/// Replacing a value that has a disk record needs no write: inline, with
+/// the record dropped by the background thread. Until then its space is
+/// still taken, and `clear` drops it at once.
+#[test]
+fn replacing_a_spilled_value_is_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = one_blocking_thread();
+    let _runtime = rt.enter();
+    let store = one_shard(dir.path(), 20, false).into_async();
+    for key in 1..=4 {
+        rt.block_on(store.insert(key, value(key.into(), 10)))
+            .unwrap();
+    }
+    assert_eq!(store.location(&1), Some(Location::File));
+    let jam = Jam::new(&rt);
+    // Memory holds 3 and 4, without copies: removing 4 leaves room for 1's
+    // new value, so only 1's old record is let go of.
+    assert!(inline(store.remove(&4)).unwrap());
+    inline(store.insert(1, value(11, 10))).unwrap();
+    assert_eq!(store.location(&1), Some(Location::Memory));
+    jam.end(&rt);
+    assert_eq!(rt.block_on(store.get(&1)).unwrap().unwrap(), value(11, 10));
+    store.store().clear().unwrap();
     assert_eq!(common::data_files(dir.path()), Vec::<String>::new());
 }
 

@@ -28,6 +28,7 @@ use super::{Lookup, Shard};
 use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
+use crate::spill::SpillDir;
 use crate::stats::bump;
 
 /// What a look at a shard's memory found for a key.
@@ -119,7 +120,8 @@ impl<K: Hash + Eq> Shard<K> {
     /// `value` back, for the normal insert, when it would need a write (the
     /// LRU walk reached a value without a copy, or the value is larger than
     /// the shard's share and goes straight to disk), would drop a record
-    /// (the value replaced has one) or would wait for the lock. The values
+    /// (the value replaced has one) that `dir` cannot hand to its
+    /// background thread to drop, or would wait for the lock. The values
     /// respilled before giving up are the ones the normal insert evicts
     /// first, so the eviction order is the same either way.
     ///
@@ -131,6 +133,7 @@ impl<K: Hash + Eq> Shard<K> {
         hash: u64,
         value: Bytes,
         spiller: Option<&Waker>,
+        dir: Option<&SpillDir>,
     ) -> Result<(), (K, Bytes)> {
         let len = value.len() as u64;
         if len > self.budget {
@@ -141,7 +144,8 @@ impl<K: Hash + Eq> Shard<K> {
         };
         let mut guard = WriteGuard::new(self, state);
         let (over, keep) = guard.overflow(len, Some((&key, hash)));
-        if keep.is_some_and(|slot| holds_record(guard.state(), slot)) {
+        let drops_records = dir.is_some_and(SpillDir::drops_in_background);
+        if !drops_records && keep.is_some_and(|slot| holds_record(guard.state(), slot)) {
             return Err((key, value));
         }
         // An unbounded shard never overflows, so it never needs a dump dir.
@@ -150,24 +154,46 @@ impl<K: Hash + Eq> Shard<K> {
         }
         self.ask_spiller(guard.state(), len, 1, spiller);
         guard.store(key, hash, Payload::Resident { value, copy: None });
+        hand_over_records(guard, dir);
         Ok(())
     }
 
-    /// [`Shard::remove`] if it drops no record: `None` when `key` holds one
-    /// (on disk, or a resident value's copy) or the lock is taken, with
-    /// nothing changed.
-    pub(crate) fn remove_without_io<Q>(&self, key: &Q, hash: u64) -> Option<bool>
+    /// [`Shard::remove`] if it needs no I/O: `None`, with nothing changed,
+    /// when the lock is taken, or when `key` holds a record (on disk, or a
+    /// resident value's copy) that `dir` cannot hand to its background
+    /// thread to drop.
+    pub(crate) fn remove_without_io<Q>(
+        &self,
+        key: &Q,
+        hash: u64,
+        dir: Option<&SpillDir>,
+    ) -> Option<bool>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let mut guard = WriteGuard::new(self, self.state.try_write()?);
+        let drops_records = dir.is_some_and(SpillDir::drops_in_background);
         match guard.state().find(hash, key) {
             None => Some(false),
-            Some(slot) if holds_record(guard.state(), slot) => None,
-            Some(_) => Some(guard.remove(key, hash)),
+            Some(slot) if !drops_records && holds_record(guard.state(), slot) => None,
+            Some(_) => {
+                let removed = guard.remove(key, hash);
+                hand_over_records(guard, dir);
+                Some(removed)
+            }
         }
     }
+}
+
+/// Releases `guard`, handing the records it took out of the shard to
+/// `dir`'s background thread to drop: dropping the last record of a file
+/// deletes the file, which an async executor's thread must not wait for.
+fn hand_over_records<K>(mut guard: WriteGuard<'_, K>, dir: Option<&SpillDir>) {
+    let Some(dir) = dir else { return };
+    let records = guard.take_records();
+    drop(guard);
+    dir.drop_in_background(records);
 }
 
 /// Whether the entry in `slot` holds a spill record (dropping it may punch
@@ -190,16 +216,18 @@ mod tests {
     fn a_taken_lock_is_reported_not_waited_for() {
         let shard: Shard<u32> = Shard::new(100, 0, ahash::RandomState::new(), false);
         let value = Bytes::from_static(b"v");
-        assert!(shard.insert_without_io(1, 1, value.clone(), None).is_ok());
+        assert!(shard
+            .insert_without_io(1, 1, value.clone(), None, None)
+            .is_ok());
         let held = shard.state.write();
         assert!(matches!(shard.get_resident(&1, 1), Probe::Busy));
-        let given_back = shard.insert_without_io(2, 2, value.clone(), None);
+        let given_back = shard.insert_without_io(2, 2, value.clone(), None, None);
         assert!(matches!(given_back, Err((2, v)) if v == value));
-        assert_eq!(shard.remove_without_io(&1, 1), None);
+        assert_eq!(shard.remove_without_io(&1, 1, None), None);
         drop(held);
         assert!(matches!(shard.get_resident(&1, 1), Probe::Resident(v) if v == value));
         assert!(matches!(shard.get_resident(&2, 2), Probe::Absent));
-        assert_eq!(shard.remove_without_io(&1, 1), Some(true));
+        assert_eq!(shard.remove_without_io(&1, 1, None), Some(true));
         let mut stats = crate::Stats::default();
         shard.add_stats(&mut stats);
         assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 0));

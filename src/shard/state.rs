@@ -127,6 +127,27 @@ impl Garbage {
         self.take(Payload::Disk(record));
     }
 
+    /// Takes the spill records out of what was taken; the values stay.
+    #[cfg(feature = "tokio")]
+    fn take_records(&mut self) -> Vec<Record> {
+        let mut records = Vec::new();
+        let taken = self
+            .first
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut self.rest));
+        for payload in taken {
+            match payload {
+                Payload::Disk(record) => records.push(record),
+                Payload::Resident { value, copy } => {
+                    records.extend(copy);
+                    self.take_value(value);
+                }
+            }
+        }
+        records
+    }
+
     /// Drops everything taken; the guard calls this with the lock released.
     pub(super) fn free(&mut self) {
         self.first = None;
@@ -260,6 +281,14 @@ impl<'a, K> WriteGuard<'a, K> {
             lock_tracking::released();
         }
         self.garbage.free();
+    }
+
+    /// The spill records this guard took out of the shard so far, for the
+    /// caller to drop elsewhere (see `SpillDir::drop_in_background`); the
+    /// values it took are freed as usual.
+    #[cfg(feature = "tokio")]
+    pub(super) fn take_records(&mut self) -> Vec<Record> {
+        self.garbage.take_records()
     }
 
     /// Runs `io` with the lock released (and the garbage freed), then locks

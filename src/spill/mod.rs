@@ -132,6 +132,9 @@ pub(crate) struct DirShared {
     /// Wakes the thread that punches `due` segments; unset, the thread that
     /// drops the last hold on a batch punches it.
     puncher: OnceLock<Waker>,
+    /// Records let go of on an async executor's thread, for that thread to
+    /// drop (see [`SpillDir::drop_in_background`]).
+    doomed: Mutex<Vec<Record>>,
     /// Set while that thread runs every [`PUNCH_TICK`] by itself: batches
     /// that come due meanwhile need not wake it.
     punch_ticking: AtomicBool,
@@ -285,6 +288,7 @@ impl SpillDir {
                 dead: Mutex::new(Vec::new()),
                 due: Mutex::new(Vec::new()),
                 puncher: OnceLock::new(),
+                doomed: Mutex::new(Vec::new()),
                 punch_ticking: AtomicBool::new(false),
                 punch_pending: AtomicBool::new(false),
                 punch_seen: Mutex::new(None),
@@ -411,10 +415,45 @@ impl SpillDir {
         let _ = self.shared.puncher.set(puncher);
     }
 
-    /// Punches the batches of dead blocks gathered since the last call: the
-    /// background thread's half of [`punch_in_background`](Self::punch_in_background).
+    /// Drops the records handed over since the last call, then punches
+    /// the batches of dead blocks gathered: the background thread's half of
+    /// [`punch_in_background`](Self::punch_in_background) and of
+    /// [`drop_in_background`](Self::drop_in_background).
     pub(crate) fn punch_due(&self) {
+        self.shared.drop_doomed();
         self.shared.punch_due();
+    }
+
+    /// Whether [`drop_in_background`](Self::drop_in_background) hands
+    /// records to a background thread (the store has one).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn drops_in_background(&self) -> bool {
+        self.shared.puncher.get().is_some()
+    }
+
+    /// Hands `records` to the background thread to drop, for a caller that
+    /// must not wait for what dropping one may do: delete its file (the
+    /// last record of it) or, with no background thread to do it, punch a
+    /// hole. The thread drops them on its next run, within a
+    /// [`PUNCH_TICK`] while records keep coming; until then their space
+    /// stays taken, and a write that needs it drops them first. Without a
+    /// background thread, drops them here.
+    #[cfg(any(test, feature = "tokio"))]
+    pub(crate) fn drop_in_background(&self, records: Vec<Record>) {
+        let Some(puncher) = self.shared.puncher.get() else {
+            return; // `records` is dropped here
+        };
+        if records.is_empty() {
+            return;
+        }
+        self.shared.doomed.lock().extend(records);
+        self.shared.punch_work_came(puncher);
+    }
+
+    /// Drops the records handed to [`drop_in_background`](Self::drop_in_background)
+    /// now, on the calling thread.
+    pub(crate) fn drop_handed_over(&self) {
+        self.shared.drop_doomed();
     }
 
     /// For the punching thread, after each of its runs: `Some(PUNCH_TICK)`
@@ -566,6 +605,10 @@ impl SpillDir {
     /// adds up to the price.
     fn reserve(&self, values: &[Bytes], headroom: u64) -> Result<Vec<Record>, Error> {
         let shared = &self.shared;
+        // Records handed over to be dropped still hold their space: free it
+        // before pricing (never under the writer's lock, which dropping the
+        // last record of the active segment takes).
+        shared.drop_doomed();
         let lens: Vec<u64> = values.iter().map(|v| HEADER_LEN + v.len() as u64).collect();
         let is_large = |len: u64| len > shared.segment_size / 4;
         let mut records: Vec<Option<Record>> = values.iter().map(|_| None).collect();
@@ -644,6 +687,7 @@ pub(super) fn length_factor(can_punch: bool) -> u64 {
 
 impl Drop for SpillDir {
     fn drop(&mut self) {
+        self.shared.drop_doomed();
         let active = self.shared.writer.lock().active.take();
         drop(active);
         if self.lock_file_created && self.shared.dir_is_ours() {
@@ -726,17 +770,28 @@ impl DirShared {
                         due.push(Arc::downgrade(segment));
                     }
                     drop(due);
-                    // Paired with `next_punch_tick`: the thread either sees
-                    // this batch pending, or stopped ticking before it was
-                    // listed and is woken here.
-                    self.punch_pending.store(true, Ordering::SeqCst);
-                    if !self.punch_ticking.load(Ordering::SeqCst) {
-                        puncher.wake();
-                    }
+                    self.punch_work_came(puncher);
                 }
                 None => segment.punch_dead_blocks(self),
             }
         }
+    }
+
+    /// Work came for the punching thread (a batch due, records to drop):
+    /// wakes it through `puncher` unless it ticks.
+    fn punch_work_came(&self, puncher: &Waker) {
+        // Paired with `next_punch_tick`: the thread either sees this work
+        // pending, or stopped ticking before it was listed and is woken here.
+        self.punch_pending.store(true, Ordering::SeqCst);
+        if !self.punch_ticking.load(Ordering::SeqCst) {
+            puncher.wake();
+        }
+    }
+
+    /// Drops the records handed to the background thread so far.
+    fn drop_doomed(&self) {
+        let doomed = std::mem::take(&mut *self.doomed.lock());
+        drop(doomed);
     }
 
     /// Lists `segment` among those with dead blocks, once.
@@ -1293,6 +1348,33 @@ mod tests {
         let err = records[0].reader().read_copy().unwrap_err();
         assert!(err.to_string().contains("replaced"), "{err}");
         assert_eq!(records[1].reader().read_copy().unwrap(), vals[1]);
+    }
+
+    /// Records handed to the background thread keep their space until its
+    /// run (or a write) drops them; without a background thread they are
+    /// dropped at once.
+    #[test]
+    fn records_handed_over_are_dropped_by_the_next_run_or_write() {
+        let (_tmp, spill) = dir_with(config(64 << 10, None, None));
+        let mut records = spill.write(&values(&[12 << 10; 3])).unwrap();
+        let live = |spill: &SpillDir| spill.usage().live;
+        let all = live(&spill);
+        spill.drop_in_background(vec![records.remove(0)]);
+        assert_eq!(live(&spill), all - all / 3, "no background thread: dropped");
+
+        let (waker, woken) = crate::background::Waker::detached();
+        spill.punch_in_background(waker);
+        spill.drop_in_background(vec![records.remove(0)]);
+        assert!(woken.try_recv().is_ok(), "the thread is woken for them");
+        assert_eq!(live(&spill), all - all / 3, "still held");
+        spill.punch_due();
+        assert_eq!(live(&spill), all / 3, "dropped by the run");
+
+        spill.drop_in_background(vec![records.remove(0)]);
+        assert_eq!(live(&spill), all / 3);
+        let more = spill.write(&values(&[12 << 10])).unwrap();
+        assert_eq!(live(&spill), all / 3, "dropped before the write");
+        drop(more);
     }
 
     /// A batch of dead blocks wakes the punching thread only while it does
