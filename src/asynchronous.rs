@@ -49,12 +49,13 @@ use crate::{Error, Location, SpillStore, Stats};
 ///
 /// Nothing inline waits for the disk (the one read it makes takes only what
 /// the page cache holds), writes, punches or deletes a file, and the async
-/// calls never wait for a lock: they try the shard's lock, and a call that
-/// finds it taken by a writer goes to the blocking pool, like one that
-/// needs the disk. (The store holds its locks only for in-memory sections,
-/// but a holder preempted by the operating system, likely when the
-/// blocking pool runs more threads than there are cores, holds it for a
-/// scheduler time slice: milliseconds.) What remains on the executor
+/// calls never block on a lock: they try the shard's lock up to 64 times,
+/// spinning in between (a few microseconds at most; the store's write
+/// sections are in-memory steps of about a microsecond), and a call that
+/// still finds it taken goes to the blocking pool, like one that needs the
+/// disk. (A holder preempted by the operating system, likely when the
+/// blocking pool runs more threads than there are cores, holds the lock
+/// for a scheduler time slice: milliseconds.) What remains on the executor
 /// thread:
 ///
 /// - the in-memory work itself: a hash lookup, for `insert` the eviction

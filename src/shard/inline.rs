@@ -54,7 +54,7 @@ impl<K: Hash + Eq> Shard<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(state) = self.state.try_read() else {
+        let Some(state) = briefly(|| self.state.try_read()) else {
             return Probe::Busy;
         };
         // `get`'s own first half, bookkeeping included.
@@ -82,7 +82,7 @@ impl<K: Hash + Eq> Shard<K> {
         Q: Hash + Eq + ?Sized,
     {
         let reader = {
-            let state = self.state.try_read()?;
+            let state = briefly(|| self.state.try_read())?;
             match &state.entry(state.find(hash, key)?).payload {
                 Payload::Disk(record) => record.reader(),
                 Payload::Resident { .. } => return None, // promoted meanwhile
@@ -101,7 +101,7 @@ impl<K: Hash + Eq> Shard<K> {
                 return Some(Err(err));
             }
         };
-        let mut guard = WriteGuard::new(self, self.state.try_write()?);
+        let mut guard = WriteGuard::new(self, briefly(|| self.state.try_write())?);
         let (over, _) = guard.overflow::<Q>(len, None);
         if over > 0 && !guard.evict_without_writes(over, None) {
             return None;
@@ -139,7 +139,7 @@ impl<K: Hash + Eq> Shard<K> {
         if len > self.budget {
             return Err((key, value));
         }
-        let Some(state) = self.state.try_write() else {
+        let Some(state) = briefly(|| self.state.try_write()) else {
             return Err((key, value));
         };
         let mut guard = WriteGuard::new(self, state);
@@ -172,7 +172,7 @@ impl<K: Hash + Eq> Shard<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut guard = WriteGuard::new(self, self.state.try_write()?);
+        let mut guard = WriteGuard::new(self, briefly(|| self.state.try_write())?);
         let drops_records = dir.is_some_and(SpillDir::drops_in_background);
         match guard.state().find(hash, key) {
             None => Some(false),
@@ -184,6 +184,27 @@ impl<K: Hash + Eq> Shard<K> {
             }
         }
     }
+}
+
+/// Attempts to take a shard's lock before the caller gives up on it.
+const LOCK_ATTEMPTS: usize = 64;
+
+/// Takes a shard's lock with `attempt`, trying [`LOCK_ATTEMPTS`] times with
+/// a spin-loop hint in between (a few microseconds in all): the store's
+/// write sections are in-memory steps of about a microsecond, so waiting
+/// out one costs the task far less than a trip to the blocking pool (two
+/// thread wake-ups, and a thread competing with the executor's for a
+/// core). A holder preempted by the operating system is not waited for.
+/// Under shuttle, whose scheduler a spin would not yield to, one attempt.
+fn briefly<G>(mut attempt: impl FnMut() -> Option<G>) -> Option<G> {
+    let attempts = if cfg!(shuttle) { 1 } else { LOCK_ATTEMPTS };
+    for _ in 1..attempts {
+        if let Some(guard) = attempt() {
+            return Some(guard);
+        }
+        std::hint::spin_loop();
+    }
+    attempt()
 }
 
 /// Releases `guard`, handing the records it took out of the shard to
