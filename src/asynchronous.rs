@@ -68,8 +68,8 @@ use crate::{Error, Location, SpillStore, Stats};
 ///   system call, but no disk access; the spill records they let go of are
 ///   handed to the store's background thread (one uncontended lock, and
 ///   at most a futex wake-up when that thread sleeps), which drops them
-///   within about 5 ms: until then their disk space stays taken (a write
-///   that needs it drops them first);
+///   within about 5 ms: until then their disk space stays taken (the next
+///   write drops them first);
 /// - the synchronous [`contains_key`](Self::contains_key),
 ///   [`location`](Self::location), [`len`](Self::len) and
 ///   [`stats`](Self::stats), which wait for a read lock (of one shard, or

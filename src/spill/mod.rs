@@ -132,8 +132,8 @@ pub(crate) struct DirShared {
     /// Wakes the thread that punches `due` segments; unset, the thread that
     /// drops the last hold on a batch punches it.
     puncher: OnceLock<Waker>,
-    /// Records let go of on an async executor's thread, for that thread to
-    /// drop (see [`SpillDir::drop_in_background`]).
+    /// Records let go of on an async executor's thread, for the punching
+    /// thread to drop (see [`SpillDir::drop_in_background`]).
     doomed: Mutex<Vec<Record>>,
     /// Set while that thread runs every [`PUNCH_TICK`] by itself: batches
     /// that come due meanwhile need not wake it.
@@ -436,8 +436,8 @@ impl SpillDir {
     /// last record of it) or, with no background thread to do it, punch a
     /// hole. The thread drops them on its next run, within a
     /// [`PUNCH_TICK`] while records keep coming; until then their space
-    /// stays taken, and a write that needs it drops them first. Without a
-    /// background thread, drops them here.
+    /// stays taken, and the next write drops them before it prices its
+    /// records. Without a background thread, drops them here.
     #[cfg(any(test, feature = "tokio"))]
     pub(crate) fn drop_in_background(&self, records: Vec<Record>) {
         let Some(puncher) = self.shared.puncher.get() else {
