@@ -393,8 +393,8 @@ fn removals_are_inline_and_records_go_to_the_background_thread() {
 }
 
 /// Replacing a value that has a disk record needs no write: inline, with
-/// the record dropped by the background thread. Until then its space is
-/// still taken, and `clear` drops it at once.
+/// the record handed to the background thread; `clear` afterwards leaves
+/// no file behind, whether or not that thread has dropped it yet.
 #[test]
 fn replacing_a_spilled_value_is_inline() {
     let dir = tempfile::tempdir().unwrap();
