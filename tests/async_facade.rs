@@ -363,6 +363,17 @@ fn assert_same(sync: &SpillStore<u32>, other: &SpillStore<u32>, keys: std::ops::
     other.validate().unwrap();
 }
 
+/// [`one_shard`] with a 20-byte budget, holding keys 1 to 4 (10 bytes
+/// each): 1 and 2 spilled, 3 and 4 in memory without copies.
+fn keys_1_to_4(dir: &std::path::Path, rt: &Runtime) -> spillstore::AsyncSpillStore<u32> {
+    let store = one_shard(dir, 20, false).into_async();
+    for key in 1..=4 {
+        rt.block_on(store.insert(key, value(key.into(), 10)))
+            .unwrap();
+    }
+    store
+}
+
 /// Removes run inline, whatever the value holds: a disk record (the value
 /// on disk, or a resident value's copy) goes to the store's background
 /// thread, which drops it and so deletes the emptied file.
@@ -371,11 +382,7 @@ fn removals_are_inline_and_records_go_to_the_background_thread() {
     let dir = tempfile::tempdir().unwrap();
     let rt = one_blocking_thread();
     let _runtime = rt.enter();
-    let store = one_shard(dir.path(), 20, false).into_async();
-    for key in 1..=4 {
-        rt.block_on(store.insert(key, value(key.into(), 10)))
-            .unwrap();
-    }
+    let store = keys_1_to_4(dir.path(), &rt);
     rt.block_on(store.get(&1)).unwrap(); // resident again, with a copy; 3 spills
     let jam = Jam::new(&rt);
     assert!(inline(store.remove(&4)).unwrap(), "in memory, no copy");
@@ -400,11 +407,7 @@ fn replacing_a_spilled_value_is_inline() {
     let dir = tempfile::tempdir().unwrap();
     let rt = one_blocking_thread();
     let _runtime = rt.enter();
-    let store = one_shard(dir.path(), 20, false).into_async();
-    for key in 1..=4 {
-        rt.block_on(store.insert(key, value(key.into(), 10)))
-            .unwrap();
-    }
+    let store = keys_1_to_4(dir.path(), &rt);
     assert_eq!(store.location(&1), Some(Location::File));
     let jam = Jam::new(&rt);
     // Memory holds 3 and 4, without copies: removing 4 leaves room for 1's
