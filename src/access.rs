@@ -77,11 +77,13 @@ impl AccessLog {
 
     /// Counts a hit without queueing it (approximate recency), on the
     /// calling thread's own stripe, so threads do not contend.
+    #[inline]
     pub(crate) fn count_hit(&self) {
         self.count(thread_number());
     }
 
     /// Counts a hit of the thread numbered `number`.
+    #[inline]
     fn count(&self, number: Option<usize>) {
         match number.and_then(|n| self.stripes.get(n)) {
             // Under shuttle every modelled thread shares one OS thread and

@@ -16,7 +16,7 @@ use crate::error::{Error, LimitKind};
 #[cfg(feature = "tokio")]
 use crate::shard::Probe;
 use crate::shard::{Disk, Frontier, Lookup, Shard};
-use crate::spill::SpillDir;
+use crate::spill::{RecordReader, SpillDir};
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::Mutex;
@@ -502,11 +502,26 @@ where
         match shard.lookup(key, hash) {
             Lookup::Memory(value) => Ok(Some(value)),
             Lookup::Absent => Ok(None),
-            Lookup::Disk(reader) => {
-                let read = shard.reload(key, hash, reader, self.disk())?;
-                Ok(read.map(|(value, _)| value))
-            }
+            Lookup::Disk(reader) => self.reload_value(shard, key, hash, reader),
         }
+    }
+
+    /// The rest of [`get`](Self::get) for a value on disk, out of line so
+    /// that the memory hit keeps a small stack frame.
+    #[inline(never)]
+    fn reload_value<Q>(
+        &self,
+        shard: &Shard<K>,
+        key: &Q,
+        hash: u64,
+        reader: RecordReader,
+    ) -> Result<Option<Bytes>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let read = shard.reload(key, hash, reader, self.disk())?;
+        Ok(read.map(|(value, _)| value))
     }
 
     /// Like [`get`](Self::get), and also says where this call found the

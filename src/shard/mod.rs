@@ -214,6 +214,7 @@ where
     /// hit (counted, and marked for recency), a miss (counted), or the
     /// reader of a value on disk for [`reload`](Self::reload). Its result
     /// is small and holds no `Result`, so the hit path copies little.
+    #[inline]
     pub(crate) fn lookup<Q>(&self, key: &Q, hash: u64) -> Lookup
     where
         K: Borrow<Q>,
@@ -224,6 +225,7 @@ where
 
     /// [`lookup`](Self::lookup) under `state`, a read lock the caller took
     /// (and released here).
+    #[inline]
     fn lookup_locked<Q>(&self, state: RwLockReadGuard<'_, State<K>>, key: &Q, hash: u64) -> Lookup
     where
         K: Borrow<Q>,
@@ -345,6 +347,7 @@ where
     /// CLOCK mark if the policy is CLOCK: that policy only counts the hit;
     /// exact LRU records it for the next writer. Both after the lock is
     /// released.
+    #[inline]
     fn note_hit(&self, state: RwLockReadGuard<'_, State<K>>, slot: SlotId) {
         drop(state);
         if self.exact_lru {
@@ -364,6 +367,10 @@ where
     /// slot may have been freed and reused (freed slots are reused last in,
     /// first out), and the replay then touches the new occupant. That only
     /// nudges one entry's recency and never breaks an invariant.
+    ///
+    /// Out of line (and only exact LRU's), so that the default policy's
+    /// hit, inlined into `SpillStore::get`, keeps a small stack frame.
+    #[inline(never)]
     fn record_access(&self, slot: SlotId) {
         if !self.accesses.record(slot) {
             if let Some(state) = self.state.try_write() {
