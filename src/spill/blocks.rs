@@ -119,19 +119,35 @@ impl BlockMap {
         (self.allocated_blocks + shared_extent_map_blocks(touched)) * self.block
     }
 
-    /// Places a new record at `offset` (which must be `end`): holds its
-    /// blocks and allocates those not yet allocated. Returns the bytes this
-    /// adds to [`accounted`](Self::accounted), which is what
-    /// [`append_cost`] priced.
+    /// Places a new record's bytes at `offset`: `end`, or less than a block
+    /// past it (a headerless value starts on the next page boundary, see
+    /// [`super::record::record_offset`]). Holds its blocks and allocates
+    /// those not yet allocated up to its end: the zeros before it are
+    /// shorter than a block, so every block they reach holds a byte of this
+    /// record or of the one before. Returns the bytes this adds to
+    /// [`accounted`](Self::accounted), which is what [`append_cost`] priced
+    /// for the bytes from `end` to the record's end.
     pub(super) fn place(&mut self, offset: u64, len: u64) -> u64 {
-        debug_assert_eq!(offset, self.end, "records are appended");
+        debug_assert!(
+            offset >= self.end && offset - self.end < self.block,
+            "records are appended, after less than a block of zeros"
+        );
         let before = self.accounted();
+        // The block the last record ended in, if this one starts past it
+        // (zeros fill the rest of it): final once this one is placed.
+        let last = (self.end / self.block) as usize;
+        let left_behind =
+            !self.end.is_multiple_of(self.block) && offset >= (last as u64 + 1) * self.block;
         let fresh = self.end.div_ceil(self.block);
         self.end = offset + len;
         for b in fresh..self.end.div_ceil(self.block) {
             self.set_allocated(b as usize);
         }
         self.hold(offset, len);
+        if left_behind && self.holds[last] == 0 && self.is_allocated(last) {
+            // Dead already: its record is gone.
+            self.pending += 1;
+        }
         self.accounted() - before
     }
 
@@ -259,6 +275,12 @@ impl BlockMap {
                 return Err(format!("block {b} is held but not allocated"));
             }
         }
+        let dead = (0..self.holds.len())
+            .filter(|&b| self.holds[b] == 0 && self.is_final(b) && self.is_allocated(b))
+            .count() as u64;
+        if dead != self.pending {
+            return Err(format!("{dead} blocks dead, {} pending", self.pending));
+        }
         Ok(())
     }
 
@@ -307,6 +329,40 @@ mod tests {
             end += len;
         }
         assert_eq!(m.end, end);
+        m.validate().unwrap();
+    }
+
+    /// A record placed after zeros (a headerless value on the next page
+    /// boundary): the zeros' blocks are priced and allocated with it, and
+    /// held by it or the record before, so no block is left allocated with
+    /// no holder; one placed right at the end of the last shares no block.
+    #[test]
+    fn zeros_before_a_record_are_priced_and_held() {
+        let mut m = map();
+        m.place(64, 100);
+        let end = 164;
+        assert_eq!(m.place(B, B), append_cost(end, 2 * B - end, B));
+        m.place(2 * B, B);
+        m.validate().unwrap();
+        assert!((0..3).all(|b| m.holds[b] > 0));
+        m.release(64, 100);
+        assert_eq!(m.holds[0], 1, "the file header");
+        m.seal();
+        m.release(B, B);
+        assert_eq!(m.holds[..3], [1, 0, 1]);
+        m.release(2 * B, B);
+        m.validate().unwrap();
+        // The record before gone first: the block it ended in is dead, and
+        // final once the next record is placed past it.
+        let mut m = map();
+        m.place(64, B);
+        m.release(64, B);
+        assert_eq!(m.pending_bytes(), 0, "block 1 may still get a record");
+        m.place(2 * B, B);
+        assert_eq!(m.pending_bytes(), B, "block 1 is final and dead");
+        let dead = m.dead_ranges();
+        assert_eq!((dead.len(), dead[0].clone()), (1, B..2 * B));
+        assert_eq!(m.punched(B..2 * B), B);
         m.validate().unwrap();
     }
 

@@ -77,8 +77,8 @@ use crate::error::Error;
 /// Name of the lock file inside the dump directory.
 pub(crate) const LOCK_FILE_NAME: &str = ".spillstore.lock";
 
-/// Records written by one vectored write, at most (two buffers each,
-/// within the kernel's `IOV_MAX` of 1024).
+/// Records written by one vectored write, at most (up to three buffers
+/// each, padding, header and value, within the kernel's `IOV_MAX` of 1024).
 const MAX_RECORDS_PER_WRITE: usize = 256;
 
 /// How often the punching thread runs by itself while batches of dead
@@ -524,32 +524,54 @@ impl SpillDir {
     }
 
     fn write_leaving(&self, values: &[Bytes], headroom: u64) -> Result<Vec<Record>, Error> {
+        static ZEROS: [u8; record::PAGE as usize] = [0; record::PAGE as usize];
         let records = self.reserve(values, headroom)?;
+        // Each record's header (none for a headerless one, whose checksum
+        // its segment keeps) and where its bytes on disk start.
         let headers: Vec<_> = records
             .iter()
             .zip(values)
-            .map(|(record, value)| record::header(record.place(), value))
+            .map(|(record, value)| {
+                let checksum = record::checksum(value);
+                if record.is_headerless() {
+                    record.segment().keep_checksum(record.offset(), checksum);
+                    (None, record.offset() + HEADER_LEN)
+                } else {
+                    let len = value.len() as u64;
+                    let header = record::header_with_checksum(record.place(), len, checksum);
+                    (Some(header), record.offset())
+                }
+            })
             .collect();
-        // Runs of records placed back to back in one segment go out in one
-        // vectored write each: headers and values straight from where they
-        // are, with no copy into a staging buffer.
+        // Runs of records placed one after another in one segment (back to
+        // back, or with the zeros that align a large value between them) go
+        // out in one vectored write each: headers and values straight from
+        // where they are, with no copy into a staging buffer.
         let mut start = 0;
         while start < records.len() {
             let first = &records[start];
-            let mut end = start + 1;
-            let mut next_offset = first.offset() + HEADER_LEN + values[start].len() as u64;
+            let at = headers[start].1;
+            let mut buffers: Vec<&[u8]> = Vec::new();
+            let mut written_to = at;
+            let mut end = start;
             while end < records.len()
                 && end - start < MAX_RECORDS_PER_WRITE
                 && Arc::ptr_eq(records[end].segment(), first.segment())
-                && records[end].offset() == next_offset
+                && (written_to..written_to + record::PAGE).contains(&headers[end].1)
             {
-                next_offset += HEADER_LEN + values[end].len() as u64;
+                let (header, from) = &headers[end];
+                let gap = (from - written_to) as usize;
+                if gap > 0 {
+                    buffers.push(&ZEROS[..gap]);
+                }
+                if let Some(header) = header {
+                    buffers.push(&header[..]);
+                }
+                buffers.push(&values[end][..]);
+                written_to = records[end].offset() + HEADER_LEN + values[end].len() as u64;
                 end += 1;
             }
-            let buffers: Vec<&[u8]> = (start..end)
-                .flat_map(|i| [&headers[i][..], &values[i][..]])
-                .collect();
-            self.write_at(first.segment(), &buffers, first.offset())?;
+            self.write_at(first.segment(), &buffers, at)?;
             start = end;
         }
         Ok(records)
@@ -584,16 +606,25 @@ impl SpillDir {
                 continue;
             }
             let e = match end {
-                Some(e) if e + len <= shared.segment_size => e,
+                Some(e) if self.record_offset(e, len) + len <= shared.segment_size => e,
                 _ => {
                     price += blocks::append_cost(0, FILE_HEADER_LEN, shared.block);
                     FILE_HEADER_LEN
                 }
             };
-            price += blocks::append_cost(e, len, shared.block);
-            end = Some(e + len);
+            let record_end = self.record_offset(e, len) + len;
+            price += blocks::append_cost(e, record_end - e, shared.block);
+            end = Some(record_end);
         }
         price
+    }
+
+    /// Where a record of `len` bytes (header included) goes in a shared
+    /// segment written up to `end`: [`record::record_offset`], its value
+    /// page aligned where the file system's blocks are at least a page.
+    fn record_offset(&self, end: u64, len: u64) -> u64 {
+        let align = self.shared.block >= record::PAGE;
+        record::record_offset(end, len - HEADER_LEN, align)
     }
 
     /// Places each value: small records in the active segment (rolling over
@@ -626,7 +657,8 @@ impl SpillDir {
                 if is_large(len) {
                     continue;
                 }
-                let fits = writer.active.is_some() && writer.used + len <= shared.segment_size;
+                let fits = writer.active.is_some()
+                    && self.record_offset(writer.used, len) + len <= shared.segment_size;
                 if !fits {
                     let segment = shared.create_segment(shared.segment_size, false)?;
                     placed += segment.accounted();
@@ -637,9 +669,10 @@ impl SpillDir {
                     writer.used = FILE_HEADER_LEN;
                 }
                 let segment = writer.active.clone().expect("an active segment");
-                let (record, cost) = segment.place(writer.used, len);
+                let offset = self.record_offset(writer.used, len);
+                let (record, cost) = segment.place(offset, len);
                 placed += cost;
-                writer.used += len;
+                writer.used = offset + len;
                 records[i] = Some(record);
             }
             Ok(())
@@ -1495,6 +1528,77 @@ mod tests {
             .unwrap();
         assert!(corrupted(records[2].reader().read_mapped().unwrap_err()));
         assert!(corrupted(records[2].reader().read_copy().unwrap_err()));
+    }
+
+    /// Values of 16 KiB or more are written without a header, each starting
+    /// on a page boundary (whole-page ones back to back), and read back
+    /// against the checksum their segment keeps, through the mapping and
+    /// with `pread`; small records keep their headers, in the same write.
+    #[test]
+    fn large_values_are_headerless_and_page_aligned() {
+        let (tmp, spill) = dir_with(config(1 << 20, None, None));
+        let vals = values(&[100, 64 << 10, 64 << 10, 300, 20 << 10, 5000]);
+        let records = spill.write(&vals).unwrap();
+        let aligned = spill.shared.block >= record::PAGE;
+        let headerless: Vec<bool> = records.iter().map(Record::is_headerless).collect();
+        assert_eq!(headerless, [false, true, true, false, true, false]);
+        let value_at = |r: &Record| r.offset() + HEADER_LEN;
+        if aligned {
+            for r in records.iter().filter(|r| r.is_headerless()) {
+                assert_eq!(value_at(r) % record::PAGE, 0);
+            }
+            assert_eq!(value_at(&records[2]), value_at(&records[1]) + (64 << 10));
+        }
+        // Between what records wrote, zeros.
+        let file = tmp.path().join("d").join("spill-00000000.seg");
+        let bytes = fs::read(&file).unwrap();
+        for pair in records.windows(2) {
+            let from = pair[0].offset() + pair[0].record_len();
+            let to = if pair[1].is_headerless() {
+                value_at(&pair[1])
+            } else {
+                pair[1].offset()
+            };
+            assert!(bytes[from as usize..to as usize].iter().all(|&b| b == 0));
+        }
+        let check = |records: &[Record]| {
+            for (r, v) in records.iter().zip(&vals) {
+                assert_eq!(&r.reader().read_copy().unwrap(), v);
+                #[cfg(not(miri))]
+                assert_eq!(&r.reader().read_mapped().unwrap(), v);
+            }
+        };
+        check(&records);
+        spill.shared.reads.saw(cold::MIN_TIMED, false);
+        check(&records);
+        // Its holds cover the value's pages only, so a headerless record
+        // between two live ones would free every one of them.
+        if aligned && spill.shared.can_punch.load(Ordering::Relaxed) {
+            let block = spill.shared.block;
+            assert_eq!(
+                spill.freed_by_dropping(&[&records[1]]),
+                (64 << 10) / block * block
+            );
+        }
+        // A byte of a headerless value altered: the kept checksum catches it,
+        // on either path; its neighbours still read.
+        let at = value_at(&records[2]) + 4097;
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&[bytes[at as usize] ^ 1], at).unwrap();
+        let corrupted = |e: Error| matches!(e, Error::Corrupted { .. });
+        assert!(corrupted(records[2].reader().read_copy().unwrap_err()));
+        #[cfg(not(miri))]
+        assert!(corrupted(records[2].reader().read_mapped().unwrap_err()));
+        assert_eq!(records[1].reader().read_copy().unwrap(), vals[1]);
+        assert_eq!(records[3].reader().read_copy().unwrap(), vals[3]);
+        // A reader taken before its record goes still checks the value; the
+        // segment forgets the checksum with the record.
+        let reader = records[1].reader();
+        let segment = Arc::clone(records[1].segment());
+        let offset = records[1].offset();
+        drop(records);
+        assert!(segment.kept_checksum(offset).is_none());
+        assert_eq!(reader.read_copy().unwrap(), vals[1]);
     }
 
     #[test]

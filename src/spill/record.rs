@@ -30,6 +30,16 @@
 //!     32     n  the value
 //! ```
 //!
+//! A record of a value of [`ALIGNED_VALUE_MIN`] bytes or more in a shared
+//! segment has no header on disk: its segment keeps the value's checksum in
+//! memory instead, and the value starts on a page boundary (see
+//! [`record_offset`]). Its offset is still 32 bytes before its value, so
+//! the layout above holds for it, except that those 32 bytes are not its
+//! own: they belong to the record or the zeros before it. A cold read of
+//! such a value reads its pages and nothing else (16 pages for 64 KiB, not
+//! the 17 that header and value span), and values of whole pages written
+//! one after another leave no gap between them.
+//!
 //! Spill files are never read by another store (one that finds them only
 //! deletes them), so records carry no version. The checksum is CRC-32 (IEEE)
 //! from crc32fast, which picks a carry-less-multiply kernel at run time:
@@ -89,6 +99,40 @@ pub(crate) fn check_file_header(header: &[u8], number: u64) -> Result<(), String
 /// Bytes before the value in every record.
 pub(crate) const HEADER_LEN: u64 = 32;
 
+/// The page size large values are aligned to: the unit the page cache
+/// reads a file in.
+pub(crate) const PAGE: u64 = 4096;
+
+/// Values this long or longer, in shared segments, are stored without a
+/// header, page aligned, with their checksum kept in memory by their
+/// segment. Below it, the zeros that align a value could cost more disk
+/// than the page they spare a cold read.
+pub(crate) const ALIGNED_VALUE_MIN: u64 = 16 << 10;
+
+/// Whether a record of a `value_len`-byte value in a shared segment has no
+/// header on disk (see the module docs).
+pub(crate) fn headerless(value_len: u64) -> bool {
+    value_len >= ALIGNED_VALUE_MIN
+}
+
+/// The offset of the record of a `value_len`-byte value appended to a
+/// shared segment written up to `end`: `end` itself, or for a
+/// [`headerless`] record, 32 bytes before its value, which starts at the
+/// first page boundary at or after `end` (at `end` if not `align`, for file
+/// systems whose blocks are smaller than a page: zeros there could fill a
+/// block no record holds). Never more than a page past `end`.
+pub(crate) fn record_offset(end: u64, value_len: u64, align: bool) -> u64 {
+    if !headerless(value_len) {
+        return end;
+    }
+    let value_at = if align {
+        end.next_multiple_of(PAGE)
+    } else {
+        end
+    };
+    value_at - HEADER_LEN
+}
+
 const MAGIC: [u8; 4] = *b"SPL2";
 
 /// The checksum stored in a record's header (a CRC-32 in the low bits).
@@ -103,12 +147,23 @@ pub(crate) fn place(file_number: u64, offset: u64) -> u64 {
 }
 
 /// The header of the record at `place` holding `value`.
+#[cfg(test)]
 pub(crate) fn header(place: u64, value: &[u8]) -> [u8; HEADER_LEN as usize] {
+    header_with_checksum(place, value.len() as u64, checksum(value))
+}
+
+/// The header of the record at `place` holding a value of `len` bytes whose
+/// [`checksum`] is `checksum`.
+pub(crate) fn header_with_checksum(
+    place: u64,
+    len: u64,
+    checksum: u64,
+) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[0..4].copy_from_slice(&MAGIC);
     h[8..16].copy_from_slice(&place.to_le_bytes());
-    h[16..24].copy_from_slice(&(value.len() as u64).to_le_bytes());
-    h[24..32].copy_from_slice(&checksum(value).to_le_bytes());
+    h[16..24].copy_from_slice(&len.to_le_bytes());
+    h[24..32].copy_from_slice(&checksum.to_le_bytes());
     h
 }
 
@@ -136,6 +191,14 @@ pub(crate) fn check_header(header: &[u8], place: u64, len: u64) -> Result<(), St
 /// Checks `value` against the checksum in its record's `header`.
 pub(crate) fn check_value(header: &[u8], value: &[u8]) -> Result<(), String> {
     check_checksum(header, checksum(value))
+}
+
+/// Checks `value` against `checksum`, as kept apart from its header.
+pub(crate) fn check_checksum_of(value: &[u8], checksum: u64) -> Result<(), String> {
+    if self::checksum(value) != checksum {
+        return Err("checksum mismatch".into());
+    }
+    Ok(())
 }
 
 /// Checks a value's already computed `checksum` against its `header`.
@@ -211,6 +274,24 @@ mod tests {
             );
         }
         assert!(check_file_header(b"old", 7).is_err());
+    }
+
+    #[test]
+    fn large_values_start_on_a_page_and_small_records_where_the_last_ended() {
+        for end in [64, 100, 4000, 4064, 4096, 8191, 70_000] {
+            assert_eq!(record_offset(end, 100, true), end);
+            assert_eq!(record_offset(end, ALIGNED_VALUE_MIN - 1, true), end);
+            for len in [ALIGNED_VALUE_MIN, 64 << 10, 100_000] {
+                let value_at = record_offset(end, len, true) + HEADER_LEN;
+                assert_eq!(value_at % PAGE, 0);
+                assert!((end..end + PAGE).contains(&value_at), "{end} {len}");
+                assert_eq!(record_offset(end, len, false) + HEADER_LEN, end);
+            }
+        }
+        // Whole-page values one after another: no gap.
+        let first = record_offset(64, 64 << 10, true) + HEADER_LEN;
+        let next = record_offset(first + (64 << 10), 64 << 10, true) + HEADER_LEN;
+        assert_eq!(next, first + (64 << 10));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! This module holds the mapping, the only `unsafe` code of the crate
 //! besides the system calls in [`super::sys`].
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -74,9 +75,10 @@ pub(crate) struct Segment {
     handle: Mutex<Option<Handle>>,
     /// Used since the file cache last looked (its clock hand).
     referenced: AtomicBool,
-    /// Which blocks are held and allocated; none for dedicated files, which
-    /// are never punched (their one record goes with the file).
-    blocks: Option<Mutex<BlockMap>>,
+    /// Which blocks are held and allocated, and the checksums of the
+    /// headerless records; none for dedicated files, which are never punched
+    /// (their one record goes with the file) and whose records have headers.
+    blocks: Option<Mutex<Book>>,
     /// Bytes the file occupies on disk (see [`BlockMap::accounted`]).
     accounted: AtomicU64,
     /// Records, written or reserved, that still need this file.
@@ -157,7 +159,11 @@ impl Segment {
         } else {
             let map = BlockMap::new(size, FILE_HEADER_LEN, dir.block);
             let accounted = map.accounted();
-            (Some(Mutex::new(map)), accounted)
+            let book = Book {
+                blocks: map,
+                checksums: HashMap::new(),
+            };
+            (Some(Mutex::new(book)), accounted)
         };
         Ok(Arc::new(Segment {
             path,
@@ -211,7 +217,8 @@ impl Segment {
         let cost = match &self.blocks {
             Some(blocks) => {
                 let mut b = blocks.lock();
-                let cost = b.place(offset, len);
+                let (held_at, held_len) = held(offset, len);
+                let cost = b.place(held_at, held_len);
                 self.accounted.store(b.accounted(), Ordering::Relaxed);
                 cost
             }
@@ -230,6 +237,25 @@ impl Segment {
         (record, cost)
     }
 
+    /// Keeps the checksum of the headerless record at `offset` (see
+    /// [`record::headerless`]). Called before the record is handed out, so
+    /// before anyone can read it; dropping the record forgets it.
+    pub(super) fn keep_checksum(&self, offset: u64, checksum: u64) {
+        if let Some(blocks) = &self.blocks {
+            // A CRC-32, zero-extended where a header holds it (see `record`).
+            blocks
+                .lock()
+                .checksums
+                .insert(offset as u32, checksum as u32);
+        }
+    }
+
+    /// The checksum kept for the headerless record at `offset`, if any.
+    #[cfg(test)]
+    pub(super) fn kept_checksum(&self, offset: u64) -> Option<u64> {
+        self.blocks.as_ref()?.lock().checksum(offset)
+    }
+
     /// Drops a hold on `offset..offset + len` (a record's, if `record`, else
     /// a reader's); blocks nobody holds any more are punched, in batches
     /// (see [`DirShared::dead_blocks`]).
@@ -244,7 +270,11 @@ impl Segment {
         if let Some(blocks) = &self.blocks {
             let pending = {
                 let mut b = blocks.lock();
-                b.release(offset, len);
+                if record {
+                    b.checksums.remove(&(offset as u32));
+                }
+                let (held_at, held_len) = held(offset, len);
+                b.release(held_at, held_len);
                 b.pending_bytes()
             };
             if let (true, Some(dir)) = (pending > 0, &dir) {
@@ -343,8 +373,9 @@ impl Segment {
     /// Bytes that dropping one hold on each of `ranges` would return to the
     /// file system at once.
     pub(super) fn freed_by_releasing(&self, ranges: &[(u64, u64)], can_punch: bool) -> u64 {
+        let held: Vec<_> = ranges.iter().map(|&(o, l)| held(o, l)).collect();
         match &self.blocks {
-            Some(blocks) => blocks.lock().freed_by_releasing(ranges, can_punch),
+            Some(blocks) => blocks.lock().freed_by_releasing(&held, can_punch),
             None => self.accounted(),
         }
     }
@@ -476,7 +507,17 @@ impl Segment {
     /// not (see [`cold`]) or while the segment's mapping would not live long
     /// enough to pay for itself (see [`MAP_AFTER_READS`]); a slice is always
     /// mapped.
-    fn read(self: &Arc<Self>, pin: &Pin, len: u64, copy: bool) -> Result<Bytes, Error> {
+    ///
+    /// `kept` is the checksum of a headerless record (see
+    /// [`record::headerless`]), taken while the record was alive: its value
+    /// is read alone and checked against it.
+    fn read(
+        self: &Arc<Self>,
+        pin: &Pin,
+        len: u64,
+        copy: bool,
+        kept: Option<u64>,
+    ) -> Result<Bytes, Error> {
         let offset = pin.offset;
         let end = offset
             .checked_add(HEADER_LEN)
@@ -485,11 +526,11 @@ impl Segment {
         let copy = copy || !self.dedicated;
         #[cfg(not(miri))]
         if !copy || ((len < cold::MIN_TIMED || !self.reads.cold()) && self.worth_mapping()) {
-            return self.read_mapped(offset, end, copy);
+            return self.read_mapped(offset, end, copy, kept);
         }
         // Miri cannot map files: it reads every record this way.
         let _ = copy;
-        self.read_file(offset, end)
+        self.read_file(offset, end, kept)
     }
 
     /// Whether a copy from this segment should be read through its mapping:
@@ -532,15 +573,28 @@ impl Segment {
     /// cache holds, without waiting (which tells the read mode whether the
     /// record was cached), then the rest in one read. A file shortened
     /// behind the store's back gives a short read, reported as corrupted.
-    fn read_file(self: &Arc<Self>, offset: u64, end: u64) -> Result<Bytes, Error> {
+    ///
+    /// The value of a headerless record (`kept`, its checksum) is read
+    /// alone, and checked against its kept checksum.
+    fn read_file(
+        self: &Arc<Self>,
+        offset: u64,
+        end: u64,
+        kept: Option<u64>,
+    ) -> Result<Bytes, Error> {
         let access = self.access(false)?;
-        let len = (end - offset) as usize;
+        let start = if kept.is_some() {
+            offset + HEADER_LEN
+        } else {
+            offset
+        };
+        let len = (end - start) as usize;
         let mut buf = Vec::with_capacity(len);
         let io = |e| Error::io("reading spill file", &self.path, e);
-        sys::pread_append(&access.file, &mut buf, offset, true).map_err(io)?;
+        sys::pread_append(&access.file, &mut buf, start, true).map_err(io)?;
         self.reads.saw(len as u64, buf.len() >= len);
         while buf.len() < len {
-            let at = offset + buf.len() as u64;
+            let at = start + buf.len() as u64;
             match sys::pread_append(&access.file, &mut buf, at, false) {
                 Ok(0) => {
                     return Err(self.corrupted(
@@ -556,7 +610,26 @@ impl Segment {
         // `with_capacity` may give more room than asked; what lies past the
         // record is not ours to return.
         buf.truncate(len);
-        self.verified_value(buf, offset, end)
+        self.verified(buf, offset, end, kept)
+    }
+
+    /// `buf`, read from the record `offset..end`, once verified: the value
+    /// alone against `kept` for a headerless record, else header and value.
+    fn verified(
+        &self,
+        buf: Vec<u8>,
+        offset: u64,
+        end: u64,
+        kept: Option<u64>,
+    ) -> Result<Bytes, Error> {
+        match kept {
+            Some(checksum) => {
+                record::check_checksum_of(&buf, checksum)
+                    .map_err(|reason| self.corrupted(offset, reason))?;
+                Ok(Bytes::from(buf))
+            }
+            None => self.verified_value(buf, offset, end),
+        }
     }
 
     /// The value of the record `offset..end` read whole into `record`
@@ -575,16 +648,26 @@ impl Segment {
     /// shortened behind the store's back reads short: `None` too, and the
     /// normal read reports it.
     #[cfg(feature = "tokio")]
-    fn read_cached(&self, offset: u64, end: u64) -> Option<Result<Bytes, Error>> {
+    fn read_cached(
+        &self,
+        offset: u64,
+        end: u64,
+        kept: Option<u64>,
+    ) -> Option<Result<Bytes, Error>> {
         let file = Arc::clone(&self.handle.lock().as_ref()?.file);
         self.referenced.store(true, Ordering::Relaxed);
-        let len = usize::try_from(end - offset).ok()?;
+        let start = if kept.is_some() {
+            offset + HEADER_LEN
+        } else {
+            offset
+        };
+        let len = usize::try_from(end - start).ok()?;
         let mut buf = Vec::with_capacity(len);
-        match sys::pread_append(&file, &mut buf, offset, true) {
+        match sys::pread_append(&file, &mut buf, start, true) {
             Ok(read) if read >= len => buf.truncate(len),
             _ => return None,
         }
-        Some(self.verified_value(buf, offset, end))
+        Some(self.verified(buf, offset, end, kept))
     }
 
     /// Reads the record `offset..end` through the file's mapping.
@@ -593,7 +676,13 @@ impl Segment {
     /// a file truncated while the store was idle is reported as corrupted
     /// instead of faulting (SIGBUS).
     #[cfg(not(miri))]
-    fn read_mapped(self: &Arc<Self>, offset: u64, end: u64, copy: bool) -> Result<Bytes, Error> {
+    fn read_mapped(
+        self: &Arc<Self>,
+        offset: u64,
+        end: u64,
+        copy: bool,
+        kept: Option<u64>,
+    ) -> Result<Bytes, Error> {
         let access = self.access(true)?;
         let file_len = access
             .file
@@ -616,10 +705,18 @@ impl Segment {
         }
         let (start, end_at) = (offset as usize, end as usize);
         let header = &map[start..start + HEADER_LEN as usize];
-        self.check_header(header, offset, end)?;
+        if kept.is_none() {
+            self.check_header(header, offset, end)?;
+        }
         let value_at = start + HEADER_LEN as usize;
         let (copied, sum) = self.read_value_mapped(&map, value_at..end_at, copy);
-        record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?;
+        match kept {
+            Some(checksum) if sum != checksum => {
+                return Err(self.corrupted(offset, "checksum mismatch".into()))
+            }
+            Some(_) => {}
+            None => record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?,
+        }
         Ok(match copied {
             Some(value) => Bytes::from(value),
             None => Bytes::from_owner(MappedValue {
@@ -712,6 +809,46 @@ impl AsRef<[u8]> for MappedValue {
     }
 }
 
+/// What a shared segment keeps behind one lock: its block map, and the
+/// checksums of its live headerless records by offset (what their headers
+/// would hold; at most one per 16 KiB of the segment), so that a reader
+/// takes its hold and its checksum in one critical section.
+struct Book {
+    blocks: BlockMap,
+    checksums: HashMap<u32, u32>,
+}
+
+impl Book {
+    fn checksum(&self, offset: u64) -> Option<u64> {
+        self.checksums.get(&(offset as u32)).map(|&c| u64::from(c))
+    }
+}
+
+impl std::ops::Deref for Book {
+    type Target = BlockMap;
+    fn deref(&self) -> &BlockMap {
+        &self.blocks
+    }
+}
+
+impl std::ops::DerefMut for Book {
+    fn deref_mut(&mut self) -> &mut BlockMap {
+        &mut self.blocks
+    }
+}
+
+/// The bytes of a shared segment's record `offset..offset + len` that its
+/// holds cover: a headerless record's value only (its 32 header bytes lie
+/// in the block of the record before, which its holds would otherwise
+/// keep from being punched), else the whole record.
+fn held(offset: u64, len: u64) -> (u64, u64) {
+    if record::headerless(len - HEADER_LEN) {
+        (offset + HEADER_LEN, len - HEADER_LEN)
+    } else {
+        (offset, len)
+    }
+}
+
 /// A reader's hold on a record's blocks and its file: while it lives, those
 /// blocks are neither punched nor deleted.
 struct Pin {
@@ -722,16 +859,28 @@ struct Pin {
 }
 
 impl Pin {
-    /// Holds `offset..offset + len` of `segment`, which a live record holds.
-    fn new(segment: &Arc<Segment>, offset: u64, len: u64) -> Self {
+    /// Holds the record `offset..offset + len` of `segment`, which a live
+    /// record holds; and returns its checksum if it is headerless (see
+    /// [`record::headerless`]), taken under the same lock.
+    fn new(segment: &Arc<Segment>, offset: u64, len: u64) -> (Self, Option<u64>) {
+        let mut kept = None;
         if let Some(blocks) = &segment.blocks {
-            blocks.lock().hold(offset, len);
+            let mut b = blocks.lock();
+            let (held_at, held_len) = held(offset, len);
+            b.hold(held_at, held_len);
+            if held_at != offset {
+                let checksum = b.checksum(offset);
+                debug_assert!(checksum.is_some(), "a live headerless record's checksum");
+                // No CRC-32 equals this: a lost checksum reads as corrupted.
+                kept = Some(checksum.unwrap_or(u64::MAX));
+            }
         }
-        Pin {
+        let pin = Pin {
             segment: Arc::clone(segment),
             offset,
             len,
-        }
+        };
+        (pin, kept)
     }
 }
 
@@ -796,13 +945,18 @@ impl Record {
         Arc::ptr_eq(&self.segment, &reader.pin.segment) && self.offset() == reader.pin.offset
     }
 
+    /// Whether this record has no header on disk (see
+    /// [`record::headerless`]): its segment keeps its checksum.
+    pub(super) fn is_headerless(&self) -> bool {
+        !self.segment.dedicated && record::headerless(self.value_len())
+    }
+
     /// A handle to read this record with no lock held. It holds the record's
-    /// blocks, so the bytes stay readable even if the record is dropped
-    /// meanwhile.
+    /// blocks, and a headerless record's checksum, so the bytes stay
+    /// readable and checkable even if the record is dropped meanwhile.
     pub(crate) fn reader(&self) -> RecordReader {
-        RecordReader {
-            pin: Pin::new(&self.segment, self.offset(), self.record_len()),
-        }
+        let (pin, kept) = Pin::new(&self.segment, self.offset(), self.record_len());
+        RecordReader { pin, kept }
     }
 }
 
@@ -819,6 +973,8 @@ impl Drop for Record {
 /// still sees the bytes it had.
 pub(crate) struct RecordReader {
     pin: Pin,
+    /// A headerless record's checksum (see [`Record::reader`]).
+    kept: Option<u64>,
 }
 
 impl RecordReader {
@@ -832,13 +988,17 @@ impl RecordReader {
     /// alive while it lives, so it is not for keeping resident); from a
     /// shared segment, a copy of its own. See [`Segment::read`].
     pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
-        self.pin.segment.read(&self.pin, self.value_len(), false)
+        self.pin
+            .segment
+            .read(&self.pin, self.value_len(), false, self.kept)
     }
 
     /// Reads back the value, verified, as a heap copy that does not depend
     /// on the file: for values brought back into memory.
     pub(crate) fn read_copy(&self) -> Result<Bytes, Error> {
-        self.pin.segment.read(&self.pin, self.value_len(), true)
+        self.pin
+            .segment
+            .read(&self.pin, self.value_len(), true, self.kept)
     }
 
     /// [`read_copy`](Self::read_copy) if it needs no wait for the disk and
@@ -849,6 +1009,6 @@ impl RecordReader {
     pub(crate) fn read_copy_if_cached(&self) -> Option<Result<Bytes, Error>> {
         let offset = self.pin.offset;
         let end = offset.checked_add(self.pin.len)?;
-        self.pin.segment.read_cached(offset, end)
+        self.pin.segment.read_cached(offset, end, self.kept)
     }
 }
