@@ -78,7 +78,8 @@ use crate::error::Error;
 pub(crate) const LOCK_FILE_NAME: &str = ".spillstore.lock";
 
 /// Records written by one vectored write, at most (up to three buffers
-/// each, padding, header and value, within the kernel's `IOV_MAX` of 1024).
+/// each: zeros before a page-aligned value, a header, the value; within
+/// the kernel's `IOV_MAX` of 1024).
 const MAX_RECORDS_PER_WRITE: usize = 256;
 
 /// How often the punching thread runs by itself while batches of dead

@@ -46,7 +46,8 @@
 //! about 19 GB/s here, twice aHash's portable fallback in a default build. It
 //! guards against files altered behind the store's back, not against an
 //! adversary who can also compute it; the header's place and length catch
-//! records moved or swapped whole.
+//! records moved or swapped whole (for a headerless record, the checksum
+//! kept for its offset does).
 
 /// Bytes of the header at the start of every spill file; the first record
 /// starts here.
