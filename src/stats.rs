@@ -51,7 +51,9 @@ pub struct Stats {
     /// `du` of the files is at most this (the store counts conservatively).
     pub spill_file_allocated_bytes: u64,
     /// Bytes of the records the spill files must keep: values only on disk
-    /// and copies kept for cheap re-eviction, record headers included.
+    /// and copies kept for cheap re-eviction, 32 bytes of record header per
+    /// value included (also for values of 16 KiB or more, whose checksum is
+    /// kept in memory instead of in a header on disk).
     pub spill_live_bytes: u64,
     /// The configured disk budget (`max_disk_size`), if any.
     pub max_disk_size: Option<u64>,
