@@ -73,9 +73,13 @@ enum Post {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// `64..=2048`.
+    /// Sizes 16 times larger (`max_size`, `segment_size`): values of 16 KiB
+    /// or more then spill to shared segments, page aligned and without a
+    /// header, checked against the checksums their segments keep.
+    large: bool,
+    /// `64..=2048`, times 16 if `large`.
     max_size: u16,
-    /// `4096..=16384`.
+    /// `4096..=16384`, times 16 if `large`.
     segment_size: u16,
     /// `4..=24` values are stored under keys `0, 1, ...`; value `i` is
     /// `len_base + i * len_step` bytes, modulo `max_size + 1`.
@@ -323,8 +327,9 @@ impl Run {
 }
 
 fuzz_target!(|input: Input| {
-    let max_size = 64 + u64::from(input.max_size) % (2048 - 64 + 1);
-    let segment_size = 4096 + u64::from(input.segment_size) % (16384 - 4096 + 1);
+    let scale = if input.large { 16 } else { 1 };
+    let max_size = (64 + u64::from(input.max_size) % (2048 - 64 + 1)) * scale;
+    let segment_size = (4096 + u64::from(input.segment_size) % (16384 - 4096 + 1)) * scale;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dump = tmp.path().join("dump");
     let store = SpillStore::<u8>::builder()

@@ -36,17 +36,21 @@ enum Op {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// `1..=2048`.
+    /// Sizes 16 times larger (`max_size`, `segment_size`, `max_disk_size`):
+    /// values of 16 KiB or more then spill to shared segments, page aligned
+    /// and without a header.
+    large: bool,
+    /// `1..=2048`, times 16 if `large`.
     max_size: u16,
     /// Exact LRU or the default CLOCK (values and accounting are checked
     /// the same way; `tests/model.rs` models both orders exactly).
     exact_lru: bool,
     /// `1..=8` (the store rounds up to a power of two).
     shards: u8,
-    /// `4096..=65536`.
+    /// `4096..=65536`, times 16 if `large`.
     segment_size: u16,
     max_object_size: Option<u16>,
-    /// `max_disk_size`: `1..=65536` bytes, or none.
+    /// `max_disk_size`: `1..=65536` bytes (times 16 if `large`), or none.
     max_disk_size: Option<u16>,
     /// `clean_ahead`: `0..=max_size` bytes (0: off), or the default. The
     /// spiller thread writes copies while the ops run, and `quiesce` (after
@@ -367,9 +371,10 @@ impl Checker {
 }
 
 fuzz_target!(|input: Input| {
-    let max_size = 1 + u64::from(input.max_size) % 2048;
+    let scale = if input.large { 16 } else { 1 };
+    let max_size = (1 + u64::from(input.max_size) % 2048) * scale;
     let shards = 1 + usize::from(input.shards % 8);
-    let segment_size = 4096 + u64::from(input.segment_size) % (65536 - 4096 + 1);
+    let segment_size = (4096 + u64::from(input.segment_size) % (65536 - 4096 + 1)) * scale;
     let max_object_size = input
         .max_object_size
         .map(|m| u64::from(m) % (2 * max_size + 2));
@@ -385,7 +390,7 @@ fuzz_target!(|input: Input| {
     if let Some(m) = max_object_size {
         builder = builder.max_object_size(m);
     }
-    let max_disk_size = input.max_disk_size.map(|d| 1 + u64::from(d));
+    let max_disk_size = input.max_disk_size.map(|d| (1 + u64::from(d)) * scale);
     if let Some(d) = max_disk_size {
         builder = builder.max_disk_size(d);
     }
