@@ -194,9 +194,10 @@ pub(crate) fn check_value(header: &[u8], value: &[u8]) -> Result<(), String> {
     check_checksum(header, checksum(value))
 }
 
-/// Checks `value` against `checksum`, as kept apart from its header.
-pub(crate) fn check_checksum_of(value: &[u8], checksum: u64) -> Result<(), String> {
-    if self::checksum(value) != checksum {
+/// Checks a value's computed checksum `sum` against `kept`, the checksum
+/// kept apart from a header (a headerless record's).
+pub(crate) fn check_kept_checksum(sum: u64, kept: u64) -> Result<(), String> {
+    if sum != kept {
         return Err("checksum mismatch".into());
     }
     Ok(())

@@ -583,11 +583,7 @@ impl Segment {
         kept: Option<u64>,
     ) -> Result<Bytes, Error> {
         let access = self.access(false)?;
-        let start = if kept.is_some() {
-            offset + HEADER_LEN
-        } else {
-            offset
-        };
+        let start = read_from(offset, kept);
         let len = (end - start) as usize;
         let mut buf = Vec::with_capacity(len);
         let io = |e| Error::io("reading spill file", &self.path, e);
@@ -624,7 +620,7 @@ impl Segment {
     ) -> Result<Bytes, Error> {
         match kept {
             Some(checksum) => {
-                record::check_checksum_of(&buf, checksum)
+                record::check_kept_checksum(record::checksum(&buf), checksum)
                     .map_err(|reason| self.corrupted(offset, reason))?;
                 Ok(Bytes::from(buf))
             }
@@ -656,11 +652,7 @@ impl Segment {
     ) -> Option<Result<Bytes, Error>> {
         let file = Arc::clone(&self.handle.lock().as_ref()?.file);
         self.referenced.store(true, Ordering::Relaxed);
-        let start = if kept.is_some() {
-            offset + HEADER_LEN
-        } else {
-            offset
-        };
+        let start = read_from(offset, kept);
         let len = usize::try_from(end - start).ok()?;
         let mut buf = Vec::with_capacity(len);
         match sys::pread_append(&file, &mut buf, start, true) {
@@ -711,12 +703,10 @@ impl Segment {
         let value_at = start + HEADER_LEN as usize;
         let (copied, sum) = self.read_value_mapped(&map, value_at..end_at, copy);
         match kept {
-            Some(checksum) if sum != checksum => {
-                return Err(self.corrupted(offset, "checksum mismatch".into()))
-            }
-            Some(_) => {}
-            None => record::check_checksum(header, sum).map_err(|r| self.corrupted(offset, r))?,
+            Some(checksum) => record::check_kept_checksum(sum, checksum),
+            None => record::check_checksum(header, sum),
         }
+        .map_err(|r| self.corrupted(offset, r))?;
         Ok(match copied {
             Some(value) => Bytes::from(value),
             None => Bytes::from_owner(MappedValue {
@@ -846,6 +836,17 @@ fn held(offset: u64, len: u64) -> (u64, u64) {
         (offset + HEADER_LEN, len - HEADER_LEN)
     } else {
         (offset, len)
+    }
+}
+
+/// Where a read of the record at `offset` starts: at its value for a
+/// headerless record (`kept`, its checksum, see [`record::headerless`]),
+/// else at its header.
+fn read_from(offset: u64, kept: Option<u64>) -> u64 {
+    if kept.is_some() {
+        offset + HEADER_LEN
+    } else {
+        offset
     }
 }
 
