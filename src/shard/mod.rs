@@ -14,6 +14,7 @@
 mod clean;
 #[cfg(feature = "tokio")]
 mod inline;
+mod spares;
 mod state;
 
 use std::borrow::Borrow;
@@ -36,6 +37,7 @@ use crate::Location;
 pub(crate) use clean::Frontier;
 #[cfg(feature = "tokio")]
 pub(crate) use inline::Probe;
+use spares::Spares;
 use state::{Counts, Payload, Place, State, WriteGuard};
 pub(crate) use state::{Relocation, SparseRecords};
 
@@ -131,6 +133,8 @@ pub(crate) struct Shard<K> {
     frontier_slot: AtomicU64,
     hasher: ahash::RandomState,
     counters: Counters,
+    /// Buffers of large values that left memory, for the next reloads.
+    spares: Spares,
 }
 
 impl<K> Shard<K>
@@ -154,6 +158,7 @@ where
             frontier_slot: AtomicU64::new(u64::MAX),
             hasher,
             counters: Counters::default(),
+            spares: Spares::new(budget),
         }
     }
 
@@ -266,7 +271,8 @@ where
         // handed out as a slice of the mapping.
         let promotable = len <= self.budget;
         let read = if promotable {
-            reader.read_copy()
+            let spare = usize::try_from(len).map_or_else(|_| Vec::new(), |l| self.spares.take(l));
+            reader.read_copy_into(spare)
         } else {
             reader.read_mapped()
         };
@@ -561,6 +567,7 @@ impl<K> Shard<K> {
     /// Removes every entry; their files go as their last records are dropped.
     pub(crate) fn clear(&self) {
         self.write().clear();
+        self.spares.release();
     }
 }
 

@@ -53,6 +53,7 @@ use std::hash::Hash;
 use bytes::Bytes;
 use hashbrown::HashTable;
 
+use super::spares::Spares;
 use super::Shard;
 use crate::lru::{LinkedSlab, SlotId};
 use crate::spill::{Record, RecordReader};
@@ -148,10 +149,15 @@ impl Garbage {
         records
     }
 
-    /// Drops everything taken; the guard calls this with the lock released.
-    pub(super) fn free(&mut self) {
-        self.first = None;
-        self.rest.clear();
+    /// Drops everything taken, handing large values' buffers to `spares`
+    /// for the next reloads; the guard calls this with the lock released.
+    pub(super) fn free(&mut self, spares: &Spares) {
+        let taken = self.first.take().into_iter().chain(self.rest.drain(..));
+        for payload in taken {
+            if let Payload::Resident { value, .. } = payload {
+                spares.keep(value);
+            }
+        }
     }
 }
 
@@ -280,7 +286,7 @@ impl<'a, K> WriteGuard<'a, K> {
             drop(state);
             lock_tracking::released();
         }
-        self.garbage.free();
+        self.garbage.free(&self.shard.spares);
     }
 
     /// The spill records this guard took out of the shard so far, for the

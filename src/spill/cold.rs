@@ -103,17 +103,17 @@ pub(super) fn waited_for_disk(len: usize, elapsed: Duration) -> bool {
     }
 }
 
-/// Copies (`copy`) or only checksums the mapped `value`, chunk by chunk,
-/// timing each chunk: returns the copy, its checksum and whether a chunk
-/// waited for the disk. After the first such chunk, `advise` is called once
-/// with the offset of the rest of the value, to request it whole.
+/// Copies (into `out`, empty, when given) or only checksums the mapped
+/// `value`, chunk by chunk, timing each chunk: returns the copy, its
+/// checksum and whether a chunk waited for the disk. After the first such
+/// chunk, `advise` is called once with the offset of the rest of the value,
+/// to request it whole.
 pub(super) fn read_chunks(
     value: &[u8],
-    copy: bool,
+    mut out: Option<Vec<u8>>,
     timed: bool,
     mut advise: impl FnMut(usize),
 ) -> (Option<Vec<u8>>, u64, bool) {
-    let mut out = copy.then(|| Vec::with_capacity(value.len()));
     let mut hasher = crc32fast::Hasher::new();
     let mut waited = false;
     for (i, chunk) in value.chunks(CHUNK).enumerate() {
@@ -168,10 +168,10 @@ mod tests {
         for len in [0, 1, CHUNK - 1, CHUNK, 3 * CHUNK + 5] {
             let value: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
             for timed in [false, true] {
-                let (copy, sum, _) = read_chunks(&value, true, timed, |_| {});
+                let (copy, sum, _) = read_chunks(&value, Some(Vec::new()), timed, |_| {});
                 assert_eq!(copy.as_deref(), Some(&value[..]));
                 assert_eq!(sum, super::super::record::checksum(&value));
-                let (none, sum2, _) = read_chunks(&value, false, timed, |_| {});
+                let (none, sum2, _) = read_chunks(&value, None, timed, |_| {});
                 assert!(none.is_none());
                 assert_eq!(sum2, sum);
             }

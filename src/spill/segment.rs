@@ -511,12 +511,16 @@ impl Segment {
     /// `kept` is the checksum of a headerless record (see
     /// [`record::headerless`]), taken while the record was alive: its value
     /// is read alone and checked against it.
+    ///
+    /// A copy is made in `buf` if it has room for it (an empty buffer kept
+    /// for reloads), else in a new one.
     fn read(
         self: &Arc<Self>,
         pin: &Pin,
         len: u64,
         copy: bool,
         kept: Option<u64>,
+        buf: Vec<u8>,
     ) -> Result<Bytes, Error> {
         let offset = pin.offset;
         let end = offset
@@ -526,11 +530,11 @@ impl Segment {
         let copy = copy || !self.dedicated;
         #[cfg(not(miri))]
         if !copy || ((len < cold::MIN_TIMED || !self.reads.cold()) && self.worth_mapping()) {
-            return self.read_mapped(offset, end, copy, kept);
+            return self.read_mapped(offset, end, copy.then_some(buf), kept);
         }
         // Miri cannot map files: it reads every record this way.
         let _ = copy;
-        self.read_file(offset, end, kept)
+        self.read_file(offset, end, kept, buf)
     }
 
     /// Whether a copy from this segment should be read through its mapping:
@@ -581,17 +585,18 @@ impl Segment {
         offset: u64,
         end: u64,
         kept: Option<u64>,
+        buf: Vec<u8>,
     ) -> Result<Bytes, Error> {
         let access = self.access(false)?;
         let start = read_from(offset, kept);
         let len = (end - start) as usize;
-        let mut buf = Vec::with_capacity(len);
+        let mut buf = with_room(buf, len);
         let io = |e| Error::io("reading spill file", &self.path, e);
-        sys::pread_append(&access.file, &mut buf, start, true).map_err(io)?;
+        sys::pread_append(&access.file, &mut buf, len, start, true).map_err(io)?;
         self.reads.saw(len as u64, buf.len() >= len);
         while buf.len() < len {
             let at = start + buf.len() as u64;
-            match sys::pread_append(&access.file, &mut buf, at, false) {
+            match sys::pread_append(&access.file, &mut buf, len, at, false) {
                 Ok(0) => {
                     return Err(self.corrupted(
                         offset,
@@ -603,9 +608,6 @@ impl Segment {
                 Err(e) => return Err(io(e)),
             }
         }
-        // `with_capacity` may give more room than asked; what lies past the
-        // record is not ours to return.
-        buf.truncate(len);
         self.verified(buf, offset, end, kept)
     }
 
@@ -655,8 +657,8 @@ impl Segment {
         let start = read_from(offset, kept);
         let len = usize::try_from(end - start).ok()?;
         let mut buf = Vec::with_capacity(len);
-        match sys::pread_append(&file, &mut buf, start, true) {
-            Ok(read) if read >= len => buf.truncate(len),
+        match sys::pread_append(&file, &mut buf, len, start, true) {
+            Ok(read) if read >= len => {}
             _ => return None,
         }
         Some(self.verified(buf, offset, end, kept))
@@ -668,11 +670,14 @@ impl Segment {
     /// a file truncated while the store was idle is reported as corrupted
     /// instead of faulting (SIGBUS).
     #[cfg(not(miri))]
+    ///
+    /// With `copy`, a buffer to copy the value into (see [`Self::read`]);
+    /// without, the value is handed out as a slice of the mapping.
     fn read_mapped(
         self: &Arc<Self>,
         offset: u64,
         end: u64,
-        copy: bool,
+        copy: Option<Vec<u8>>,
         kept: Option<u64>,
     ) -> Result<Bytes, Error> {
         let access = self.access(true)?;
@@ -728,7 +733,7 @@ impl Segment {
         &self,
         map: &memmap2::Mmap,
         range: std::ops::Range<usize>,
-        copy: bool,
+        copy: Option<Vec<u8>>,
     ) -> (Option<Vec<u8>>, u64) {
         let len = range.len() as u64;
         let timed = len >= cold::MIN_TIMED;
@@ -744,6 +749,7 @@ impl Segment {
         if was_cold {
             will_need(0);
         }
+        let copy = copy.map(|buf| with_room(buf, range.len()));
         let (copied, sum, waited) = cold::read_chunks(&map[range.clone()], copy, timed, will_need);
         if timed && (waited || was_cold) {
             self.reads.saw(len, !waited);
@@ -837,6 +843,16 @@ fn held(offset: u64, len: u64) -> (u64, u64) {
     } else {
         (offset, len)
     }
+}
+
+/// `buf`, emptied, if it has room for `len` bytes; else a new buffer of
+/// exactly `len`.
+fn with_room(mut buf: Vec<u8>, len: usize) -> Vec<u8> {
+    if buf.capacity() < len {
+        return Vec::with_capacity(len);
+    }
+    buf.clear();
+    buf
 }
 
 /// Where a read of the record at `offset` starts: at its value for a
@@ -991,15 +1007,22 @@ impl RecordReader {
     pub(crate) fn read_mapped(&self) -> Result<Bytes, Error> {
         self.pin
             .segment
-            .read(&self.pin, self.value_len(), false, self.kept)
+            .read(&self.pin, self.value_len(), false, self.kept, Vec::new())
     }
 
     /// Reads back the value, verified, as a heap copy that does not depend
     /// on the file: for values brought back into memory.
+    #[cfg(test)]
     pub(crate) fn read_copy(&self) -> Result<Bytes, Error> {
+        self.read_copy_into(Vec::new())
+    }
+
+    /// [`read_copy`](Self::read_copy) into `buf` if it has room (an empty
+    /// buffer kept for reloads), else into a new buffer.
+    pub(crate) fn read_copy_into(&self, buf: Vec<u8>) -> Result<Bytes, Error> {
         self.pin
             .segment
-            .read(&self.pin, self.value_len(), true, self.kept)
+            .read(&self.pin, self.value_len(), true, self.kept, buf)
     }
 
     /// [`read_copy`](Self::read_copy) if it needs no wait for the disk and

@@ -170,8 +170,10 @@ pub(super) fn write_all_vectored_at(file: &File, data: &[&[u8]], offset: u64) ->
     Ok(())
 }
 
-/// Reads from `file` at `offset` into the spare capacity of `buf`, appending
-/// what was read; returns the number of bytes appended (0 at the file's end).
+/// Reads from `file` at `offset` into the spare capacity of `buf`, up to a
+/// length of `want` bytes in all, appending what was read; returns the
+/// number of bytes appended (0 at the file's end, or with `buf` already
+/// `want` long or full).
 ///
 /// With `nowait`, reads only what the page cache holds, without waiting for
 /// the disk (`preadv2(RWF_NOWAIT)`): a short count, or 0, then means the rest
@@ -181,12 +183,16 @@ pub(super) fn write_all_vectored_at(file: &File, data: &[&[u8]], offset: u64) ->
 pub(super) fn pread_append(
     file: &File,
     buf: &mut Vec<u8>,
+    want: usize,
     offset: u64,
     nowait: bool,
 ) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
 
+    let missing = want.saturating_sub(buf.len());
     let spare = buf.spare_capacity_mut();
+    let room = missing.min(spare.len());
+    let spare = &mut spare[..room];
     if spare.is_empty() {
         return Ok(0);
     }
@@ -202,8 +208,8 @@ pub(super) fn pread_append(
     };
     let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
     // SAFETY: `preadv2` writes at most `iov_len` bytes at `iov_base`, which
-    // is the spare capacity of `buf`: memory `buf` owns, exclusively
-    // borrowed for the call, valid for `spare.len()` bytes. The descriptor
+    // is the start of the spare capacity of `buf`: memory `buf` owns,
+    // exclusively borrowed for the call, valid for `spare.len()` bytes. The descriptor
     // belongs to `file`, borrowed for the whole call; `iov` lives on our
     // stack until the call returns.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
@@ -229,6 +235,7 @@ pub(super) fn pread_append(
 pub(super) fn pread_append(
     file: &File,
     buf: &mut Vec<u8>,
+    want: usize,
     offset: u64,
     nowait: bool,
 ) -> io::Result<usize> {
@@ -237,7 +244,7 @@ pub(super) fn pread_append(
         return Ok(0);
     }
     let start = buf.len();
-    buf.resize(buf.capacity(), 0);
+    buf.resize(buf.capacity().min(want.max(start)), 0);
     let n = file.read_at(&mut buf[start..], offset);
     buf.truncate(start + *n.as_ref().unwrap_or(&0));
     n

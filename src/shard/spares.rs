@@ -1,0 +1,164 @@
+//! Buffers of values that left a shard's memory, kept for its next reloads.
+//!
+//! A reload reads a value into a new heap buffer, and in a spilling store
+//! it also pushes another value of about the same size out of memory. With
+//! a fresh buffer per reload, the allocator often hands out pages it has
+//! just given back to the system (glibc trims the top of its heap, and a
+//! thread's arena rarely gets back what other threads freed), and each
+//! page of the buffer costs a minor fault and a page of zeroing: 16 faults
+//! for a 64 KiB value, about 100 µs of CPU per 1 MiB value. Handing the
+//! buffer of the value that just left to the next reload of the same size
+//! touches memory that is already mapped (BENCHMARKS.md, "Buffers that
+//! stay mapped").
+//!
+//! A shard keeps at most [`MOST_SPARES`] buffers of [`MIN_SPARE`] bytes or
+//! more, together at most an eighth of its budget and at most
+//! [`MOST_SPARE_BYTES`]: memory the process holds beyond `max_size`.
+
+use bytes::Bytes;
+
+use crate::sync::Mutex;
+
+/// Values shorter than this are not kept: the allocator serves them from
+/// its free lists without touching new pages.
+pub(super) const MIN_SPARE: usize = 16 * 1024;
+
+/// The most buffers one shard keeps.
+pub(super) const MOST_SPARES: usize = 4;
+
+/// The most bytes of buffers one shard keeps, whatever its budget.
+pub(super) const MOST_SPARE_BYTES: usize = 8 << 20;
+
+/// A shard's spare buffers: empty `Vec`s whose capacity is memory already
+/// mapped.
+pub(super) struct Spares {
+    buffers: Mutex<Vec<Vec<u8>>>,
+    /// The most bytes of capacity kept at once.
+    limit: usize,
+}
+
+impl Spares {
+    /// Spares for a shard of `budget` bytes.
+    pub(super) fn new(budget: u64) -> Self {
+        let eighth = usize::try_from(budget / 8).unwrap_or(usize::MAX);
+        Spares {
+            buffers: Mutex::new(Vec::new()),
+            limit: eighth.min(MOST_SPARE_BYTES),
+        }
+    }
+
+    /// An empty buffer to read a value of `len` bytes into: a kept one with
+    /// room for it and at most an eighth more (so a value never holds much
+    /// more memory than it is counted for), else one with no capacity.
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        if len < MIN_SPARE || self.limit < len {
+            return Vec::new();
+        }
+        let fits = |b: &Vec<u8>| (len..=len + len / 8).contains(&b.capacity());
+        let mut buffers = self.buffers.lock();
+        match buffers.iter().position(fits) {
+            Some(i) => buffers.swap_remove(i),
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps the buffer of `value`, which is leaving memory, if nothing
+    /// else refers to it and there is room; otherwise drops it. Call with
+    /// no shard lock held: it may free memory.
+    pub(super) fn keep(&self, value: Bytes) {
+        if value.len() < MIN_SPARE || self.limit < value.len() {
+            return;
+        }
+        // Unique: no clone handed out lives on, and the bytes are a heap
+        // buffer the value owns (not static, not a mapping).
+        let Ok(mut unique) = value.try_into_mut() else {
+            return;
+        };
+        // Emptied first, the conversion moves no bytes.
+        unique.clear();
+        let buffer = Vec::from(unique);
+        let mut buffers = self.buffers.lock();
+        let held: usize = buffers.iter().map(Vec::capacity).sum();
+        if buffers.len() < MOST_SPARES && held + buffer.capacity() <= self.limit {
+            buffers.push(buffer);
+        }
+        // Otherwise `buffer` is freed on return, with the lock released.
+        drop(buffers);
+    }
+
+    /// Frees every kept buffer (for `clear`).
+    pub(super) fn release(&self) {
+        let freed = std::mem::take(&mut *self.buffers.lock());
+        drop(freed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unique_buffer_is_kept_and_handed_to_a_reload_of_its_size() {
+        let spares = Spares::new(1 << 20);
+        let value = Bytes::from(vec![7u8; 64 * 1024]);
+        let at = value.as_ptr();
+        spares.keep(value);
+        assert!(spares.take(200 * 1024).capacity() == 0, "too small");
+        let buffer = spares.take(60 * 1024);
+        assert_eq!(buffer.as_ptr(), at, "the same memory, no copy");
+        assert!(buffer.is_empty());
+        assert_eq!(spares.take(60 * 1024).capacity(), 0, "handed out once");
+    }
+
+    #[test]
+    fn shared_small_static_and_oversized_values_are_not_kept() {
+        let spares = Spares::new(1 << 20);
+        let value = Bytes::from(vec![1u8; 64 * 1024]);
+        let clone = value.clone();
+        spares.keep(value);
+        assert_eq!(spares.take(64 * 1024).capacity(), 0, "a clone lives on");
+        drop(clone);
+        spares.keep(Bytes::from(vec![1u8; MIN_SPARE - 1]));
+        assert_eq!(
+            spares.take(MIN_SPARE - 1).capacity(),
+            0,
+            "too small to keep"
+        );
+        spares.keep(Bytes::from_static(&[0u8; MIN_SPARE]));
+        assert_eq!(spares.take(MIN_SPARE).capacity(), 0, "static bytes");
+        spares.keep(Bytes::from(vec![1u8; 256 * 1024]));
+        assert_eq!(
+            spares.take(256 * 1024).capacity(),
+            0,
+            "over an eighth of 1 MiB"
+        );
+    }
+
+    #[test]
+    fn at_most_four_buffers_and_an_eighth_of_the_budget_are_kept() {
+        let spares = Spares::new(8 << 20);
+        for _ in 0..6 {
+            spares.keep(Bytes::from(vec![0u8; 64 * 1024]));
+        }
+        let mut taken = Vec::new();
+        loop {
+            let b = spares.take(64 * 1024);
+            if b.capacity() == 0 {
+                break;
+            }
+            taken.push(b);
+        }
+        assert_eq!(taken.len(), MOST_SPARES);
+        for _ in 0..4 {
+            spares.keep(Bytes::from(vec![0u8; 400 * 1024]));
+        }
+        let mut bytes = 0;
+        while let Some(b) = Some(spares.take(400 * 1024)).filter(|b| b.capacity() > 0) {
+            bytes += b.capacity();
+        }
+        assert_eq!(bytes, 2 * 400 * 1024, "1 MiB of 8 MiB holds two");
+        spares.keep(Bytes::from(vec![0u8; 64 * 1024]));
+        spares.release();
+        assert_eq!(spares.take(64 * 1024).capacity(), 0, "released");
+    }
+}
