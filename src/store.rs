@@ -928,3 +928,69 @@ impl<K: Send + Sync> Drop for SpillStore<K> {
         self.shared.for_each_shard(Shard::clear);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reload from the disk pushes another value out of memory; the next
+    /// one of that size reads into the buffer the leaving value freed, not
+    /// into new pages. Reloads from the page cache do not.
+    #[test]
+    // A whole store drops its files with rayon, whose crossbeam-epoch
+    // Stacked Borrows rejects; the buffers' own tests run under Miri.
+    #[cfg_attr(miri, ignore)]
+    fn a_cold_reload_reads_into_the_buffer_a_leaving_value_freed() {
+        const LEN: usize = 64 * 1024;
+        let value = |i: u8| Bytes::from(vec![i; LEN]);
+        let dir = tempfile::tempdir().unwrap();
+        // A shard of 16 values keeps one spare buffer of this size.
+        let s = SpillStore::builder()
+            .max_size(16 * LEN as u64)
+            .dump_dir(dir.path())
+            .shards(1)
+            .exact_lru(true)
+            .clean_ahead(0)
+            .build()
+            .unwrap();
+        // Held here, so that the shard keeps none of their buffers.
+        let inserted: Vec<Bytes> = (0..17u8).map(value).collect();
+        for (i, v) in inserted.iter().enumerate() {
+            s.insert(i.to_string(), v.clone()).unwrap(); // "16" evicts "0"
+        }
+        // Reads every value in memory but `key`, then one on disk: `key`,
+        // least recently used, leaves memory without a write.
+        let push_out = |key: &str| {
+            let keys = s.keys();
+            let (memory, disk): (Vec<_>, Vec<_>) = keys
+                .iter()
+                .filter(|k| *k != key)
+                .partition(|k| s.location(k.as_str()) == Some(Location::Memory));
+            for k in memory {
+                s.get(k).unwrap();
+            }
+            s.get(disk[0]).unwrap();
+            assert_eq!(s.location(key), Some(Location::File));
+        };
+        let reload = |key: &str| {
+            let value = s.get(key).unwrap().unwrap();
+            assert_eq!(s.location(key), Some(Location::Memory));
+            value.as_ptr()
+        };
+        let kept = reload("0");
+        push_out("0"); // its buffer is kept
+        assert_ne!(reload("0"), kept, "from the page cache: a new buffer");
+        push_out("0"); // no room for a second buffer: this one is freed
+        s.spill().unwrap().pretend_reads_are_cold();
+        assert_eq!(reload("0"), kept, "from the disk: the kept buffer");
+        assert_eq!(s.get("0").unwrap().unwrap(), value(0));
+        // A value a caller still holds is never reused under it.
+        let held = s.get("0").unwrap().unwrap();
+        s.spill().unwrap().pretend_reads_are_cold();
+        push_out("0");
+        push_out("5"); // a reload from the disk after "0" left
+        assert_eq!(held, value(0));
+        drop(inserted);
+        s.validate().unwrap();
+    }
+}

@@ -195,50 +195,6 @@ fn a_promoted_value_is_evicted_again_without_a_write() {
     s.validate().unwrap();
 }
 
-/// A reload pushes another value out of memory; the next reload of that
-/// size reads into the buffer the leaving value freed, not into new pages.
-#[test]
-fn a_reload_reads_into_the_buffer_a_leaving_value_freed() {
-    const LEN: usize = 64 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let s = SpillStore::builder()
-        .max_size(8 * LEN as u64)
-        .dump_dir(dir.path().join("dump"))
-        .shards(1)
-        .exact_lru(true)
-        .clean_ahead(0)
-        .build()
-        .unwrap();
-    for i in 0..9u64 {
-        s.insert(i.to_string(), value(i, LEN)).unwrap(); // "8" evicts "0"
-    }
-    let first = s.get("0").unwrap().unwrap(); // promoted, with its copy; "1" spilled
-    let buffer_of_0 = first.as_ptr();
-    drop(first);
-    for i in 2..9u64 {
-        s.get(&i.to_string()).unwrap(); // "0" is now least recently used
-    }
-    s.get("1").unwrap(); // "0" leaves without a write, its buffer kept
-    assert_eq!(s.location("0"), Some(Location::File));
-    // Had the buffer gone back to the allocator, this would likely get it.
-    let other = std::hint::black_box(Vec::<u8>::with_capacity(LEN));
-    let again = s.get("0").unwrap().unwrap();
-    assert_eq!(again, value(0, LEN));
-    assert_eq!(again.as_ptr(), buffer_of_0, "read into the kept buffer");
-    drop(other);
-    // A value a caller still holds is never reused under it.
-    let held = s.get("2").unwrap().unwrap();
-    for i in 3..9u64 {
-        s.get(&i.to_string()).unwrap();
-    }
-    s.get("1").unwrap();
-    s.get("0").unwrap();
-    assert_eq!(s.location("2"), Some(Location::File));
-    s.get("2").unwrap();
-    assert_eq!(held, value(2, LEN));
-    s.validate().unwrap();
-}
-
 #[test]
 fn a_symlink_planted_under_a_spill_name_is_not_written_through() {
     let parent = tempfile::tempdir().unwrap();

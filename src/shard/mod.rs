@@ -271,7 +271,12 @@ where
         // handed out as a slice of the mapping.
         let promotable = len <= self.budget;
         let read = if promotable {
-            let spare = usize::try_from(len).map_or_else(|_| Vec::new(), |l| self.spares.take(l));
+            // A kept buffer only while reads go to the disk: from the page
+            // cache, copies into one ran slower than into the allocator's.
+            let spare = match usize::try_from(len) {
+                Ok(len) if reader.reads_cold() => self.spares.take(len),
+                _ => Vec::new(),
+            };
             reader.read_copy_into(spare)
         } else {
             reader.read_mapped()

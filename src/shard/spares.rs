@@ -1,4 +1,5 @@
-//! Buffers of values that left a shard's memory, kept for its next reloads.
+//! Buffers of values that left a shard's memory, kept for its next reloads
+//! from the disk.
 //!
 //! A reload reads a value into a new heap buffer, and in a spilling store
 //! it also pushes another value of about the same size out of memory. With
@@ -6,10 +7,12 @@
 //! just given back to the system (glibc trims the top of its heap, and a
 //! thread's arena rarely gets back what other threads freed), and each
 //! page of the buffer costs a minor fault and a page of zeroing: 16 faults
-//! for a 64 KiB value, about 100 µs of CPU per 1 MiB value. Handing the
-//! buffer of the value that just left to the next reload of the same size
-//! touches memory that is already mapped (BENCHMARKS.md, "Buffers that
-//! stay mapped").
+//! per 64 KiB value and about 100 per 1 MiB value, measured while reloads
+//! read the disk. Handing the buffer of the value that just left to the
+//! next reload of the same size touches memory that is already mapped.
+//! Reloads from the page cache do not take kept buffers: copies into them
+//! ran slower than into the allocator's (BENCHMARKS.md, "Buffers that stay
+//! mapped").
 //!
 //! A shard keeps at most [`MOST_SPARES`] buffers of [`MIN_SPARE`] bytes or
 //! more, together at most an eighth of its budget and at most
@@ -56,7 +59,8 @@ impl Spares {
         }
         let fits = |b: &Vec<u8>| (len..=len + len / 8).contains(&b.capacity());
         let mut buffers = self.buffers.lock();
-        match buffers.iter().position(fits) {
+        // The most recently kept first: its lines are the likeliest cached.
+        match buffers.iter().rposition(fits) {
             Some(i) => buffers.swap_remove(i),
             None => Vec::new(),
         }

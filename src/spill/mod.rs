@@ -237,6 +237,15 @@ impl Drop for CompactionGuard<'_> {
     }
 }
 
+#[cfg(test)]
+impl SpillDir {
+    /// Makes the next reads behave as if the files were out of the page
+    /// cache (see [`cold`]), for tests of what only cold reads do.
+    pub(crate) fn pretend_reads_are_cold(&self) {
+        self.shared.reads.saw(cold::MIN_TIMED, false);
+    }
+}
+
 impl SpillDir {
     /// Opens (creating it, mode 0700, if needed) and locks the dump
     /// directory at `path`, then deletes the spill files an earlier store
@@ -1564,7 +1573,13 @@ mod tests {
         }
         let check = |records: &[Record]| {
             for (r, v) in records.iter().zip(&vals) {
-                assert_eq!(&r.reader().read_copy().unwrap(), v);
+                let copy = r.reader().read_copy().unwrap();
+                assert_eq!(&copy, v);
+                if r.is_headerless() {
+                    // Copied to the same offset in a cache line as on disk.
+                    let line = |at: u64| at % 64;
+                    assert_eq!(line(copy.as_ptr().addr() as u64), line(value_at(r)));
+                }
                 #[cfg(not(miri))]
                 assert_eq!(&r.reader().read_mapped().unwrap(), v);
             }
