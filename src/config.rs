@@ -112,11 +112,11 @@ impl<K> Builder<K> {
     /// are refused (`ObjectTooLarge`, "memory limit"). Must be positive and
     /// needs [`dump_dir`](Self::dump_dir).
     ///
-    /// It bounds the values held (`stats().memory_bytes`). Beyond it, each
-    /// shard keeps the emptied buffers of up to four values of 16 KiB or
-    /// more that left memory, at most an eighth of its share and 8 MiB, for
-    /// its next reloads from the disk to read into instead of faulting in
-    /// new pages.
+    /// It bounds the values held (`stats().memory_bytes`). Beyond it, while
+    /// reloads read the disk, each shard keeps the emptied buffers of up to
+    /// four values of 16 KiB or more that left memory, at most an eighth of
+    /// its share and 8 MiB, for its next reloads to read into instead of
+    /// faulting in new pages.
     ///
     /// # Examples
     ///

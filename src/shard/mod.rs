@@ -275,7 +275,10 @@ where
             // cache, copies into one ran slower than into the allocator's.
             let spare = match usize::try_from(len) {
                 Ok(len) if reader.reads_cold() => self.spares.take(len),
-                _ => Vec::new(),
+                _ => {
+                    self.spares.not_wanted();
+                    Vec::new()
+                }
             };
             reader.read_copy_into(spare)
         } else {

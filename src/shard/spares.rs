@@ -12,7 +12,8 @@
 //! next reload of the same size touches memory that is already mapped.
 //! Reloads from the page cache do not take kept buffers: copies into them
 //! ran slower than into the allocator's (BENCHMARKS.md, "Buffers that stay
-//! mapped").
+//! mapped"), so the first such reload frees the kept ones and nothing is
+//! kept until a reload from the disk asks again.
 //!
 //! A shard keeps at most [`MOST_SPARES`] buffers of [`MIN_SPARE`] bytes or
 //! more, together at most an eighth of its budget and at most
@@ -20,6 +21,7 @@
 
 use bytes::Bytes;
 
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::Mutex;
 
 /// Values shorter than this are not kept: the allocator serves them from
@@ -38,6 +40,10 @@ pub(super) struct Spares {
     buffers: Mutex<Vec<Vec<u8>>>,
     /// The most bytes of capacity kept at once.
     limit: usize,
+    /// Whether reloads take buffers now: set by the first that asks for
+    /// one, cleared (and the buffers freed) by the first that does not.
+    /// While clear, nothing is kept, and the shard holds no memory here.
+    wanted: AtomicBool,
 }
 
 impl Spares {
@@ -47,15 +53,21 @@ impl Spares {
         Spares {
             buffers: Mutex::new(Vec::new()),
             limit: eighth.min(MOST_SPARE_BYTES),
+            wanted: AtomicBool::new(false),
         }
     }
 
     /// An empty buffer to read a value of `len` bytes into: a kept one with
     /// room for it and at most an eighth more (so a value never holds much
     /// more memory than it is counted for), else one with no capacity.
+    /// From now on, buffers of values leaving memory are kept.
     pub(super) fn take(&self, len: usize) -> Vec<u8> {
         if len < MIN_SPARE || self.limit < len {
             return Vec::new();
+        }
+        // Only a change is written: the flag stays a read-mostly line.
+        if !self.wanted.load(Ordering::Relaxed) {
+            self.wanted.store(true, Ordering::Relaxed);
         }
         let fits = |b: &Vec<u8>| (len..=len + len / 8).contains(&b.capacity());
         let mut buffers = self.buffers.lock();
@@ -70,7 +82,8 @@ impl Spares {
     /// else refers to it and there is room; otherwise drops it. Call with
     /// no shard lock held: it may free memory.
     pub(super) fn keep(&self, value: Bytes) {
-        if value.len() < MIN_SPARE || self.limit < value.len() {
+        let size = value.len();
+        if size < MIN_SPARE || self.limit < size || !self.wanted.load(Ordering::Relaxed) {
             return;
         }
         // Unique: no clone handed out lives on, and the bytes are a heap
@@ -90,6 +103,15 @@ impl Spares {
         drop(buffers);
     }
 
+    /// For a reload that takes no buffer (the files are in the page cache):
+    /// stops keeping buffers until one does, and frees those kept.
+    pub(super) fn not_wanted(&self) {
+        if self.wanted.load(Ordering::Relaxed) {
+            self.wanted.store(false, Ordering::Relaxed);
+            self.release();
+        }
+    }
+
     /// Frees every kept buffer (for `clear`).
     pub(super) fn release(&self) {
         let freed = std::mem::take(&mut *self.buffers.lock());
@@ -101,26 +123,47 @@ impl Spares {
 mod tests {
     use super::*;
 
+    const LEN: usize = 64 * 1024;
+
+    /// Spares of a 1 MiB shard that reloads have asked for.
+    fn wanted() -> Spares {
+        let spares = Spares::new(1 << 20);
+        assert_eq!(spares.take(LEN).capacity(), 0, "none kept yet");
+        spares
+    }
+
     #[test]
     fn a_unique_buffer_is_kept_and_handed_to_a_reload_of_its_size() {
-        let spares = Spares::new(1 << 20);
-        let value = Bytes::from(vec![7u8; 64 * 1024]);
+        let spares = wanted();
+        let value = Bytes::from(vec![7u8; LEN]);
         let at = value.as_ptr();
         spares.keep(value);
-        assert!(spares.take(200 * 1024).capacity() == 0, "too small");
-        let buffer = spares.take(60 * 1024);
+        assert_eq!(spares.take(LEN * 2).capacity(), 0, "too small");
+        let buffer = spares.take(LEN - 1000);
         assert_eq!(buffer.as_ptr(), at, "the same memory, no copy");
         assert!(buffer.is_empty());
-        assert_eq!(spares.take(60 * 1024).capacity(), 0, "handed out once");
+        assert_eq!(spares.take(LEN - 1000).capacity(), 0, "handed out once");
+    }
+
+    #[test]
+    fn nothing_is_kept_until_a_reload_asks_nor_after_one_does_not() {
+        let spares = Spares::new(1 << 20);
+        spares.keep(Bytes::from(vec![1u8; LEN]));
+        assert_eq!(spares.take(LEN).capacity(), 0, "not kept before");
+        spares.keep(Bytes::from(vec![1u8; LEN]));
+        spares.not_wanted();
+        assert_eq!(spares.buffers.lock().len(), 0, "freed");
+        spares.keep(Bytes::from(vec![1u8; LEN]));
+        assert_eq!(spares.buffers.lock().len(), 0, "not kept after");
     }
 
     #[test]
     fn shared_small_static_and_oversized_values_are_not_kept() {
-        let spares = Spares::new(1 << 20);
-        let value = Bytes::from(vec![1u8; 64 * 1024]);
+        let spares = wanted();
+        let value = Bytes::from(vec![1u8; LEN]);
         let clone = value.clone();
         spares.keep(value);
-        assert_eq!(spares.take(64 * 1024).capacity(), 0, "a clone lives on");
+        assert_eq!(spares.take(LEN).capacity(), 0, "a clone lives on");
         drop(clone);
         spares.keep(Bytes::from(vec![1u8; MIN_SPARE - 1]));
         assert_eq!(
@@ -141,12 +184,13 @@ mod tests {
     #[test]
     fn at_most_four_buffers_and_an_eighth_of_the_budget_are_kept() {
         let spares = Spares::new(8 << 20);
+        spares.take(LEN);
         for _ in 0..6 {
-            spares.keep(Bytes::from(vec![0u8; 64 * 1024]));
+            spares.keep(Bytes::from(vec![0u8; LEN]));
         }
         let mut taken = Vec::new();
         loop {
-            let b = spares.take(64 * 1024);
+            let b = spares.take(LEN);
             if b.capacity() == 0 {
                 break;
             }
@@ -161,8 +205,8 @@ mod tests {
             bytes += b.capacity();
         }
         assert_eq!(bytes, 2 * 400 * 1024, "1 MiB of 8 MiB holds two");
-        spares.keep(Bytes::from(vec![0u8; 64 * 1024]));
+        spares.keep(Bytes::from(vec![0u8; LEN]));
         spares.release();
-        assert_eq!(spares.take(64 * 1024).capacity(), 0, "released");
+        assert_eq!(spares.take(LEN).capacity(), 0, "released");
     }
 }

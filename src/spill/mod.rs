@@ -1573,13 +1573,7 @@ mod tests {
         }
         let check = |records: &[Record]| {
             for (r, v) in records.iter().zip(&vals) {
-                let copy = r.reader().read_copy().unwrap();
-                assert_eq!(&copy, v);
-                if r.is_headerless() {
-                    // Copied to the same offset in a cache line as on disk.
-                    let line = |at: u64| at % 64;
-                    assert_eq!(line(copy.as_ptr().addr() as u64), line(value_at(r)));
-                }
+                assert_eq!(&r.reader().read_copy().unwrap(), v);
                 #[cfg(not(miri))]
                 assert_eq!(&r.reader().read_mapped().unwrap(), v);
             }
