@@ -83,7 +83,9 @@
 //!
 //! # Guarantees
 //!
-//! - `memory_bytes` never exceeds `max_size`, at any instant.
+//! - `memory_bytes` never exceeds `max_size`, at any instant (while reloads
+//!   read the disk, each shard also keeps a few emptied buffers of values
+//!   that left memory, for them to read into: see [`Builder::max_size`]).
 //! - No value is lost: eviction moves values to disk, never drops them.
 //! - No wrong bytes: a spilled value whose file was altered or truncated
 //!   while the store was idle is reported as [`Error::Corrupted`] (and stays
