@@ -42,7 +42,8 @@ pub(super) struct Spares {
     limit: usize,
     /// Whether reloads take buffers now: set by the first that asks for
     /// one, cleared (and the buffers freed) by the first that does not.
-    /// While clear, nothing is kept, and the shard holds no memory here.
+    /// While clear, values leaving memory are not kept (one racing with the
+    /// change may still be), so the shard holds next to nothing here.
     wanted: AtomicBool,
 }
 

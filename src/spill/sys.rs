@@ -209,9 +209,9 @@ pub(super) fn pread_append(
     let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
     // SAFETY: `preadv2` writes at most `iov_len` bytes at `iov_base`, which
     // is the start of the spare capacity of `buf`: memory `buf` owns,
-    // exclusively borrowed for the call, valid for `spare.len()` bytes. The descriptor
-    // belongs to `file`, borrowed for the whole call; `iov` lives on our
-    // stack until the call returns.
+    // exclusively borrowed for the call, valid for `spare.len()` bytes.
+    // The descriptor belongs to `file`, borrowed for the whole call; `iov`
+    // lives on our stack until the call returns.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, flags) };
     if n < 0 {
         let err = io::Error::last_os_error();
