@@ -669,10 +669,10 @@ impl Segment {
     /// The file's current length is checked before the mapping is touched, so
     /// a file truncated while the store was idle is reported as corrupted
     /// instead of faulting (SIGBUS).
-    #[cfg(not(miri))]
     ///
     /// With `copy`, a buffer to copy the value into (see [`Self::read`]);
     /// without, the value is handed out as a slice of the mapping.
+    #[cfg(not(miri))]
     fn read_mapped(
         self: &Arc<Self>,
         offset: u64,
