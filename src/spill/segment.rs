@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicU32;
 
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::blocks::{self, BlockMap};
 #[cfg_attr(miri, allow(unused_imports))] // Miri reads without the mapping
@@ -590,13 +590,13 @@ impl Segment {
         let access = self.access(false)?;
         let start = read_from(offset, kept);
         let len = (end - start) as usize;
-        let mut buf = with_room(buf, len);
+        let (mut buf, pad) = buffer_for(buf, len, start);
         let io = |e| Error::io("reading spill file", &self.path, e);
-        sys::pread_append(&access.file, &mut buf, len, start, true).map_err(io)?;
-        self.reads.saw(len as u64, buf.len() >= len);
-        while buf.len() < len {
-            let at = start + buf.len() as u64;
-            match sys::pread_append(&access.file, &mut buf, len, at, false) {
+        sys::pread_append(&access.file, &mut buf, pad + len, start, true).map_err(io)?;
+        self.reads.saw(len as u64, buf.len() >= pad + len);
+        while buf.len() < pad + len {
+            let at = start + (buf.len() - pad) as u64;
+            match sys::pread_append(&access.file, &mut buf, pad + len, at, false) {
                 Ok(0) => {
                     return Err(self.corrupted(
                         offset,
@@ -608,35 +608,35 @@ impl Segment {
                 Err(e) => return Err(io(e)),
             }
         }
-        self.verified(buf, offset, end, kept)
+        self.verified(buf, pad, offset, end, kept)
     }
 
-    /// `buf`, read from the record `offset..end`, once verified: the value
-    /// alone against `kept` for a headerless record, else header and value.
+    /// `buf`, read from the record `offset..end` after `pad` bytes of
+    /// padding (see [`buffer_for`]), once verified: the value alone against
+    /// `kept` for a headerless record, else header and value.
     fn verified(
         &self,
         buf: Vec<u8>,
+        pad: usize,
         offset: u64,
         end: u64,
         kept: Option<u64>,
     ) -> Result<Bytes, Error> {
-        match kept {
+        let read = &buf[pad..];
+        let skip = match kept {
             Some(checksum) => {
-                record::check_kept_checksum(record::checksum(&buf), checksum)
+                record::check_kept_checksum(record::checksum(read), checksum)
                     .map_err(|reason| self.corrupted(offset, reason))?;
-                Ok(Bytes::from(buf))
+                pad
             }
-            None => self.verified_value(buf, offset, end),
-        }
-    }
-
-    /// The value of the record `offset..end` read whole into `record`
-    /// (header and value), once its header and checksum are verified.
-    fn verified_value(&self, record: Vec<u8>, offset: u64, end: u64) -> Result<Bytes, Error> {
-        let (header, value) = record.split_at(HEADER_LEN as usize);
-        self.check_header(header, offset, end)?;
-        record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-        Ok(Bytes::from(record).slice(HEADER_LEN as usize..))
+            None => {
+                let (header, value) = read.split_at(HEADER_LEN as usize);
+                self.check_header(header, offset, end)?;
+                record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+                pad + HEADER_LEN as usize
+            }
+        };
+        Ok(value_after(buf, skip))
     }
 
     /// Reads the record `offset..end` with `pread`, if the file is open and
@@ -656,12 +656,12 @@ impl Segment {
         self.referenced.store(true, Ordering::Relaxed);
         let start = read_from(offset, kept);
         let len = usize::try_from(end - start).ok()?;
-        let mut buf = Vec::with_capacity(len);
-        match sys::pread_append(&file, &mut buf, len, start, true) {
+        let (mut buf, pad) = buffer_for(Vec::new(), len, start);
+        match sys::pread_append(&file, &mut buf, pad + len, start, true) {
             Ok(read) if read >= len => {}
             _ => return None,
         }
-        Some(self.verified(buf, offset, end, kept))
+        Some(self.verified(buf, pad, offset, end, kept))
     }
 
     /// Reads the record `offset..end` through the file's mapping.
@@ -713,7 +713,7 @@ impl Segment {
         }
         .map_err(|r| self.corrupted(offset, r))?;
         Ok(match copied {
-            Some(value) => Bytes::from(value),
+            Some(value) => value,
             None => Bytes::from_owner(MappedValue {
                 start: value_at,
                 end: end_at,
@@ -734,7 +734,7 @@ impl Segment {
         map: &memmap2::Mmap,
         range: std::ops::Range<usize>,
         copy: Option<Vec<u8>>,
-    ) -> (Option<Vec<u8>>, u64) {
+    ) -> (Option<Bytes>, u64) {
         let len = range.len() as u64;
         let timed = len >= cold::MIN_TIMED;
         let will_need = |from: usize| {
@@ -749,12 +749,18 @@ impl Segment {
         if was_cold {
             will_need(0);
         }
-        let copy = copy.map(|buf| with_room(buf, range.len()));
-        let (copied, sum, waited) = cold::read_chunks(&map[range.clone()], copy, timed, will_need);
+        let copy = copy.map(|buf| buffer_for(buf, range.len(), range.start as u64));
+        let pad = copy.as_ref().map_or(0, |(_, pad)| *pad);
+        let (copied, sum, waited) = cold::read_chunks(
+            &map[range.clone()],
+            copy.map(|(buf, _)| buf),
+            timed,
+            will_need,
+        );
         if timed && (waited || was_cold) {
             self.reads.saw(len, !waited);
         }
-        (copied, sum)
+        (copied.map(|buf| value_after(buf, pad)), sum)
     }
 
     /// Takes the descriptor and the mapping out, to be dropped (closing
@@ -845,14 +851,49 @@ fn held(offset: u64, len: u64) -> (u64, u64) {
     }
 }
 
-/// `buf`, emptied, if it has room for `len` bytes; else a new buffer of
-/// exactly `len`.
-fn with_room(mut buf: Vec<u8>, len: usize) -> Vec<u8> {
+/// Copies of at least this many bytes are placed at the same offset in a
+/// cache line as the bytes they copy (see [`buffer_for`]). Not smaller
+/// ones: padding every reload of 64 KiB raised spillbench's 2-thread insert
+/// p99 from about 5 to 8 µs (buffers 63 bytes larger than the values the
+/// workload inserts, in the same glibc bins), while values this large are
+/// rarer and their copies are where alignment pays (BENCHMARKS.md, "Buffers
+/// that stay mapped").
+pub(super) const ALIGNED_COPY_MIN: usize = 256 * 1024;
+
+/// The cache line, for [`buffer_for`].
+const LINE: usize = 64;
+
+/// `buf` emptied (or a new buffer if it has no room) to read `len` bytes
+/// into from file offset `from`, and `pad`: the buffer starts with `pad`
+/// zero bytes, so that the bytes read land at the same offset in a cache
+/// line as in the file. The mapping and the page cache are page aligned, so
+/// that is where the copy reads them; copies of large values (`rep movsb`)
+/// run at half speed or less when source and destination are 16 bytes
+/// apart in a line, where a heap buffer of a size glibc maps by itself
+/// always starts (BENCHMARKS.md, "Buffers that stay mapped").
+fn buffer_for(mut buf: Vec<u8>, len: usize, from: u64) -> (Vec<u8>, usize) {
+    let aligned = len >= ALIGNED_COPY_MIN;
     if buf.capacity() < len {
-        return Vec::with_capacity(len);
+        buf = Vec::with_capacity(if aligned { len + LINE - 1 } else { len });
     }
     buf.clear();
-    buf
+    // Wrapping arithmetic stays exact modulo `LINE`, a power of two.
+    let pad = (from as usize).wrapping_sub(buf.as_ptr().addr()) % LINE;
+    // A kept buffer of exactly the value's size is used unaligned.
+    let pad = if aligned && buf.capacity() >= len + pad {
+        pad
+    } else {
+        0
+    };
+    buf.resize(pad, 0);
+    (buf, pad)
+}
+
+/// The bytes of `buf` after its first `skip`, without a copy.
+fn value_after(buf: Vec<u8>, skip: usize) -> Bytes {
+    let mut value = Bytes::from(buf);
+    value.advance(skip);
+    value
 }
 
 /// Where a read of the record at `offset` starts: at its value for a
@@ -1040,5 +1081,35 @@ impl RecordReader {
         let offset = self.pin.offset;
         let end = offset.checked_add(self.pin.len)?;
         self.pin.segment.read_cached(offset, end, self.kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_copies_start_where_their_source_sits_in_a_line() {
+        for from in [0u64, 16, 32, 4096 + 48, 1 << 30] {
+            let (buf, pad) = buffer_for(Vec::new(), ALIGNED_COPY_MIN, from);
+            assert_eq!(buf.len(), pad);
+            assert!(buf.iter().all(|&b| b == 0));
+            assert_eq!((buf.as_ptr().addr() + pad) % LINE, from as usize % LINE);
+            assert!(buf.capacity() >= pad + ALIGNED_COPY_MIN);
+        }
+        let (small, pad) = buffer_for(Vec::new(), 100, 17);
+        assert_eq!(
+            (pad, small.capacity()),
+            (0, 100),
+            "small copies are not padded"
+        );
+        // A kept buffer with room only for the value is used as it is.
+        let kept = Vec::<u8>::with_capacity(ALIGNED_COPY_MIN);
+        let at = kept.as_ptr();
+        let from = (at.addr() + 16) as u64;
+        let (buf, pad) = buffer_for(kept, ALIGNED_COPY_MIN, from);
+        assert_eq!((buf.as_ptr(), pad), (at, 0));
+        let value = value_after(vec![1, 2, 3, 4], 3);
+        assert_eq!(&value[..], [4]);
     }
 }
