@@ -109,13 +109,13 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
     /// A pass now, after one in progress: `force`d, or if one is due; and,
     /// with `serve_requests`, counting every request made so far as served,
     /// so the background thread does not start another for them.
-    fn compact(&self, force: bool, parallel: bool, serve_requests: bool) {
+    fn compact(&self, force: bool, mode: compaction::Mode, serve_requests: bool) {
         let Some(spill) = &self.spill else { return };
         let mut served = self.passes.lock();
         if serve_requests {
             *served = self.requested.load(Ordering::Acquire);
         }
-        compaction::run_pass(&self.shards, spill, force, parallel);
+        compaction::run_pass(&self.shards, spill, force, mode);
     }
 
     /// The spiller's run: punches the batches of dead blocks gathered, then
@@ -166,7 +166,7 @@ impl<K: Hash + Eq + Send + Sync> Shared<K> {
             return;
         }
         *served = wanted;
-        compaction::run_pass(&self.shards, spill, false, false);
+        compaction::run_pass(&self.shards, spill, false, compaction::Mode::Background);
     }
 }
 
@@ -382,7 +382,7 @@ where
                 self.shared.requested.fetch_add(1, Ordering::Release);
                 compactor.wake();
             }
-            None => self.shared.compact(false, false, false),
+            None => self.shared.compact(false, compaction::Mode::Inline, false),
         }
     }
 
@@ -423,7 +423,7 @@ where
     /// # Ok::<(), spillstore::Error>(())
     /// ```
     pub fn compact(&self) {
-        self.shared.compact(true, true, false);
+        self.shared.compact(true, compaction::Mode::Parallel, false);
     }
 
     /// Waits until no background work is in progress, and does what is
@@ -458,7 +458,7 @@ where
     /// ```
     pub fn quiesce(&self) {
         self.shared.run_spiller(true);
-        self.shared.compact(false, false, true);
+        self.shared.compact(false, compaction::Mode::Inline, true);
         // What the pass freed is punched now, not by the spiller later.
         if let Some(spill) = self.spill() {
             let _run = self.shared.spiller_run.lock();
