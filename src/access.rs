@@ -147,6 +147,7 @@ fn stripe_count() -> usize {
 /// numbering threads in turn for the process's life would let two live
 /// threads share a stripe's cache line. `None` during the thread's
 /// teardown, once its number is given back.
+#[inline]
 fn thread_number() -> Option<usize> {
     /// Numbers given back by exited threads. A std lock: this runs once per
     /// thread, and the model checker need not see it.

@@ -81,12 +81,19 @@ impl Spares {
 
     /// Keeps the buffer of `value`, which is leaving memory, if nothing
     /// else refers to it and there is room; otherwise drops it. Call with
-    /// no shard lock held: it may free memory.
+    /// no shard lock held: it may free memory. The checks that let most
+    /// values go are inlined into the caller; the keeping is not.
+    #[inline]
     pub(super) fn keep(&self, value: Bytes) {
         let size = value.len();
-        if size < MIN_SPARE || self.limit < size || !self.wanted.load(Ordering::Relaxed) {
-            return;
+        if size >= MIN_SPARE && size <= self.limit && self.wanted.load(Ordering::Relaxed) {
+            self.keep_unique(value);
         }
+    }
+
+    /// The rest of [`keep`](Self::keep), for a value reloads may want.
+    #[inline(never)]
+    fn keep_unique(&self, value: Bytes) {
         // Unique: no clone handed out lives on, and the bytes are a heap
         // buffer the value owns (not static, not a mapping).
         let Ok(mut unique) = value.try_into_mut() else {

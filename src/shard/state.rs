@@ -151,11 +151,22 @@ impl Garbage {
 
     /// Drops everything taken, handing large values' buffers to `spares`
     /// for the next reloads; the guard calls this with the lock released.
+    ///
+    /// No iterator adaptors over the payloads: chaining `first` with a
+    /// drain of `rest` moved each payload through them and cost a replace
+    /// about 100 instructions (callgrind, the compare tool's `mixed`).
     pub(super) fn free(&mut self, spares: &Spares) {
-        let taken = self.first.take().into_iter().chain(self.rest.drain(..));
-        for payload in taken {
+        fn free_one(payload: Payload, spares: &Spares) {
             if let Payload::Resident { value, .. } = payload {
                 spares.keep(value);
+            }
+        }
+        if let Some(payload) = self.first.take() {
+            free_one(payload, spares);
+        }
+        if !self.rest.is_empty() {
+            for payload in self.rest.drain(..) {
+                free_one(payload, spares);
             }
         }
     }
