@@ -149,6 +149,26 @@ fn stripe_count() -> usize {
 /// teardown, once its number is given back.
 #[inline]
 fn thread_number() -> Option<usize> {
+    match HELD.get() {
+        0 => take_thread_number(),
+        held => Some(held - 1),
+    }
+}
+
+thread_local! {
+    /// The calling thread's number plus one while it holds one, else 0:
+    /// what [`thread_number`] reads on every hit. A constant-initialised
+    /// cell without a destructor, so reading it costs no check of a lazy
+    /// initialisation's state, and it stays readable during the thread's
+    /// teardown (the number's destructor clears it).
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The slow half of [`thread_number`]: takes the thread's number on its
+/// first call (and notes it in [`HELD`]); `None` once the number was given
+/// back.
+#[cold]
+fn take_thread_number() -> Option<usize> {
     /// Numbers given back by exited threads. A std lock: this runs once per
     /// thread, and the model checker need not see it.
     static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -157,6 +177,10 @@ fn thread_number() -> Option<usize> {
     struct Number(usize);
     impl Drop for Number {
         fn drop(&mut self) {
+            // Forgotten before it is given back: from here on this thread
+            // counts on the shared counter, never on a stripe another
+            // thread may take.
+            HELD.set(0);
             FREE.lock().unwrap_or_else(|e| e.into_inner()).push(self.0);
         }
     }
@@ -173,7 +197,9 @@ fn thread_number() -> Option<usize> {
     thread_local! {
         static NUMBER: Number = take();
     }
-    NUMBER.try_with(|n| n.0).ok()
+    let number = NUMBER.try_with(|n| n.0).ok()?;
+    HELD.set(number + 1);
+    Some(number)
 }
 
 #[cfg(test)]
