@@ -1613,9 +1613,9 @@ mod tests {
 
     /// A copy of a large value starts at the same offset in a cache line as
     /// the value in its file, read through the mapping or with `pread`
-    /// (see `segment::buffer_for`); smaller ones are not padded. Not under
-    /// Miri, where reading these values back takes minutes; the padding's
-    /// arithmetic is tested there in `segment`.
+    /// (see `segment::buffer_for`); a smaller value of the same write reads
+    /// back as usual. Not under Miri, where reading these values back takes
+    /// minutes; the padding's arithmetic is tested there in `segment`.
     #[test]
     #[cfg_attr(miri, ignore)]
     fn large_copies_sit_in_their_lines_as_on_disk() {
