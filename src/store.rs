@@ -471,10 +471,14 @@ where
     /// A value in memory is returned as a cheap clone and counts as used:
     /// its entry is marked for a second chance (the default CLOCK policy) or
     /// moved to the head of the LRU list (with
-    /// [`Builder::exact_lru`](crate::Builder::exact_lru)). A spilled value is read back through a shared memory
-    /// mapping of its file, verified against its checksum, returned without
-    /// copying and brought back into memory (spilling others to make room).
-    /// If no room can be made, it is still returned, just not brought back.
+    /// [`Builder::exact_lru`](crate::Builder::exact_lru)). A spilled value
+    /// is read back from its file (through a shared memory mapping, or
+    /// with `pread` while the files are out of the page cache), verified
+    /// against its checksum, and brought back into memory as a copy that no
+    /// longer depends on the file (spilling others to make room). If no
+    /// room can be made, it is still returned, just not brought back. A
+    /// value larger than a shard's share of `max_size` stays on disk and is
+    /// returned without a copy, as a slice of the file's mapping.
     ///
     /// # Errors
     ///
@@ -526,6 +530,11 @@ where
 
     /// Like [`get`](Self::get), and also says where this call found the
     /// value: [`Location::File`] means it was read back from disk.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get): `Corrupted` when the spilled value's file was
+    /// altered or truncated, `Io` when it cannot be read or mapped.
     ///
     /// # Examples
     ///
