@@ -20,10 +20,10 @@
 //! to the active segment and installs the new records for the entries that
 //! still hold the old ones. No shard lock is held during I/O; an entry
 //! replaced or removed meanwhile keeps its new state, and the record
-//! written for it is dropped. A record that fails to read
-//! stays where it is (its entry stays corrupted); a write that fails (disk
-//! full, or the disk budget) ends the pass, losing nothing, and no pass is
-//! due again until space has been freed (a remove, a replace, a hole).
+//! written for it is dropped. A record that fails to read stays where it
+//! is (its entry stays corrupted); a write that fails (disk full, or the
+//! disk budget) ends the pass, losing nothing, and no pass is due again
+//! until space has been freed (a remove, a replace, a hole).
 
 use crossbeam::utils::CachePadded;
 use std::hash::Hash;

@@ -988,9 +988,11 @@ mod tests {
         };
         let cold = || s.spill().unwrap().pretend_reads_are_cold();
         cold();
-        let kept = reload("0"); // a new buffer: none kept yet
-        push_out("0"); // its buffer is kept
-                       // Had the buffer gone back to the allocator, this would likely get it.
+        // A new buffer: none is kept yet.
+        let kept = reload("0");
+        // Its buffer is kept. Had the buffer gone back to the allocator
+        // instead, this would likely get it.
+        push_out("0");
         let absorb = std::hint::black_box(Vec::<u8>::with_capacity(LEN));
         cold();
         assert_eq!(reload("0"), kept, "from the disk: the kept buffer");
