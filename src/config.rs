@@ -227,11 +227,23 @@ impl<K> Builder<K> {
     ///   entry read since it last passed the tail is never evicted while an
     ///   unmarked resident entry is behind it, and a value that was never
     ///   read again leaves in insertion order, as in exact LRU.
+    ///
+    ///   A spilled value of 256 KiB or more comes back into memory on its
+    ///   second read within its shard's share of `max_size` (counted in
+    ///   bytes of such reads), not on its first: the first is served from
+    ///   the spill file without a copy, as a mapping of the value's own
+    ///   bytes, and memory stays as it was. A large value read once in a
+    ///   while (a scan, the cold end of the popularity curve) then neither
+    ///   costs a copy nor pushes out values that are being read. Such a
+    ///   value holds its disk blocks while the caller keeps it, as a value
+    ///   larger than a shard's share always does.
     /// - `true`: **exact LRU**, the seed's order. Every hit moves its entry
     ///   to the head: hits are recorded in a small per-thread buffer under
     ///   the read lock and applied by the next writer of the shard. A single
     ///   thread sees the exact LRU order (under contention, a full buffer may
-    ///   drop accesses); hits cost more and scale less with threads.
+    ///   drop accesses); hits cost more and scale less with threads. Every
+    ///   value read back from disk that fits a shard's share comes back into
+    ///   memory, as in the seed.
     ///
     /// Either way no value is ever dropped: the policy only decides which
     /// values are in memory and which are read back from disk.

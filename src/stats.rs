@@ -77,6 +77,12 @@ pub struct Stats {
     pub reloads: u64,
     /// Value bytes served from spill files.
     pub reloaded_bytes: u64,
+    /// Of those `reloads`, the ones that left the value on disk instead of
+    /// bringing it back into memory: values larger than a shard's share of
+    /// `max_size`, and, with the default recency policy, values of 256 KiB
+    /// or more on their first read in a while (see
+    /// [`Builder::exact_lru`](crate::Builder::exact_lru)).
+    pub unpromoted_reloads: u64,
     /// Values written to spill files by the calling thread: evicted without
     /// a disk copy (the spiller had not cleaned them yet, or cleaning ahead
     /// is off), or larger than a shard's share and so stored on disk.
@@ -111,6 +117,7 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) reloads: AtomicU64,
     pub(crate) reloaded_bytes: AtomicU64,
+    pub(crate) unpromoted_reloads: AtomicU64,
     pub(crate) spills: AtomicU64,
     pub(crate) spilled_bytes: AtomicU64,
     pub(crate) respills: AtomicU64,
@@ -131,6 +138,7 @@ impl Counters {
         stats.misses += get(&self.misses);
         stats.reloads += get(&self.reloads);
         stats.reloaded_bytes += get(&self.reloaded_bytes);
+        stats.unpromoted_reloads += get(&self.unpromoted_reloads);
         stats.spills += get(&self.spills);
         stats.spilled_bytes += get(&self.spilled_bytes);
         stats.respills += get(&self.respills);

@@ -478,7 +478,10 @@ where
     /// longer depends on the file (spilling others to make room). If no
     /// room can be made, it is still returned, just not brought back. A
     /// value larger than a shard's share of `max_size` stays on disk and is
-    /// returned without a copy, as a slice of the file's mapping.
+    /// returned without a copy, as a slice of the file's mapping; so is, with
+    /// the default recency policy, a value of 256 KiB or more on its first
+    /// read in a while (see [`Builder::exact_lru`](crate::Builder::exact_lru)).
+    /// A value returned from a mapping keeps its disk blocks until dropped.
     ///
     /// # Errors
     ///

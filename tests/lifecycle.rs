@@ -195,6 +195,89 @@ fn a_promoted_value_is_evicted_again_without_a_write() {
     s.validate().unwrap();
 }
 
+/// 300 KiB values, three to a 1 MiB budget in one shard: "0" and "1" are
+/// spilled by the last two inserts.
+fn large_values_store(exact_lru: bool) -> (tempfile::TempDir, SpillStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SpillStore::builder()
+        .max_size(1 << 20)
+        .dump_dir(dir.path().join("dump"))
+        .shards(1)
+        .exact_lru(exact_lru)
+        .build()
+        .unwrap();
+    for i in 0..5u64 {
+        s.insert(i.to_string(), value(i, 300 << 10)).unwrap();
+    }
+    assert_eq!(s.location("0"), Some(Location::File));
+    assert_eq!(s.location("1"), Some(Location::File));
+    (dir, s)
+}
+
+#[test]
+fn a_large_value_comes_back_into_memory_on_its_second_read() {
+    let (_dir, s) = large_values_store(false);
+    let (first, from) = s.get_with_location("0").unwrap().unwrap();
+    assert_eq!(
+        (first.as_ref(), from),
+        (&value(0, 300 << 10)[..], Location::File)
+    );
+    assert_eq!(s.location("0"), Some(Location::File), "first read: stays");
+    let st = s.stats();
+    assert_eq!((st.reloads, st.unpromoted_reloads), (1, 1));
+    assert_eq!(st.memory_entries, 3, "nothing pushed out");
+    assert_eq!(s.get("0").unwrap().unwrap(), value(0, 300 << 10));
+    assert_eq!(s.location("0"), Some(Location::Memory), "second read: back");
+    assert_eq!(s.stats().unpromoted_reloads, 1);
+    s.validate().unwrap();
+
+    let (_dir, exact) = large_values_store(true);
+    assert_eq!(exact.get("0").unwrap().unwrap(), value(0, 300 << 10));
+    assert_eq!(
+        exact.location("0"),
+        Some(Location::Memory),
+        "the seed's rule"
+    );
+    assert_eq!(exact.stats().unpromoted_reloads, 0);
+    exact.validate().unwrap();
+}
+
+/// A value served from a mapping of its own record keeps its bytes while
+/// the key is removed, the space around it is punched and reused, and
+/// compaction runs; its blocks can go once it is dropped.
+#[test]
+fn a_large_value_served_without_a_copy_outlives_its_record() {
+    let (_dir, s) = large_values_store(false);
+    let held = s.get("1").unwrap().unwrap();
+    assert_eq!(s.stats().unpromoted_reloads, 1);
+    assert!(s.remove("1").unwrap());
+    for round in 0..4u64 {
+        for i in 0..5u64 {
+            if i != 1 {
+                let tag = 100 * (round + 1) + i;
+                s.insert(i.to_string(), value(tag, 300 << 10)).unwrap();
+            }
+        }
+        s.quiesce();
+        s.compact();
+    }
+    assert!(held == value(1, 300 << 10), "the held value changed");
+    let with_held = s.stats().spill_file_allocated_bytes;
+    drop(held);
+    s.compact(); // punches every dead block, batched or not
+    assert!(
+        s.stats().spill_file_allocated_bytes < with_held,
+        "the dropped value's blocks are returned"
+    );
+    for i in [0u64, 2, 3, 4] {
+        assert_eq!(
+            s.get(&i.to_string()).unwrap().unwrap(),
+            value(400 + i, 300 << 10)
+        );
+    }
+    s.validate().unwrap();
+}
+
 #[test]
 fn a_symlink_planted_under_a_spill_name_is_not_written_through() {
     let parent = tempfile::tempdir().unwrap();

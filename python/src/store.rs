@@ -327,10 +327,13 @@ impl StoreCore {
 
     /// Sizes and activity counters, as a dict of the library's `Stats` fields:
     /// `entries`, `memory_entries`, `disk_entries`, `memory_bytes`,
-    /// `disk_bytes`, `max_size`, `spill_files`, `spill_file_bytes`, `hits`,
-    /// `misses`, `reloads`, `reloaded_bytes`, `spills`, `spilled_bytes`,
-    /// `respills`, `cleaned`, `cleaned_bytes`, `corruptions`, `compactions`,
-    /// `compacted_bytes`.
+    /// `disk_bytes`, `max_size`, `spill_files`, `spill_file_bytes`,
+    /// `spill_file_allocated_bytes`, `spill_live_bytes`, `max_disk_size`,
+    /// `punched_bytes`, `open_spill_files`, `max_open_spill_files`,
+    /// `orphans_removed`, `orphan_bytes_removed`, `hits`, `misses`,
+    /// `reloads`, `reloaded_bytes`, `unpromoted_reloads` (reloads that left
+    /// the value on disk), `spills`, `spilled_bytes`, `respills`, `cleaned`,
+    /// `cleaned_bytes`, `corruptions`, `compactions`, `compacted_bytes`.
     ///
     /// Example:
     ///     >>> import spillstore
@@ -362,6 +365,7 @@ impl StoreCore {
         dict.set_item("misses", st.misses)?;
         dict.set_item("reloads", st.reloads)?;
         dict.set_item("reloaded_bytes", st.reloaded_bytes)?;
+        dict.set_item("unpromoted_reloads", st.unpromoted_reloads)?;
         dict.set_item("spills", st.spills)?;
         dict.set_item("spilled_bytes", st.spilled_bytes)?;
         dict.set_item("respills", st.respills)?;

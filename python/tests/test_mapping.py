@@ -178,9 +178,9 @@ def test_stats_has_the_rust_fields() -> None:
     assert {
         'entries', 'memory_entries', 'disk_entries', 'memory_bytes',
         'disk_bytes', 'max_size', 'spill_files', 'spill_file_bytes', 'hits',
-        'misses', 'reloads', 'reloaded_bytes', 'spills', 'spilled_bytes',
-        'respills', 'cleaned', 'cleaned_bytes', 'corruptions', 'compactions',
-        'compacted_bytes',
+        'misses', 'reloads', 'reloaded_bytes', 'unpromoted_reloads', 'spills',
+        'spilled_bytes', 'respills', 'cleaned', 'cleaned_bytes', 'corruptions',
+        'compactions', 'compacted_bytes',
     } <= set(st)
     assert (st['entries'], st['memory_bytes'], st['hits'], st['misses']) == (1, 5, 1, 1)
     assert st['max_size'] is None

@@ -101,6 +101,15 @@ impl<K: Hash + Eq> Shard<K> {
                 return Some(Err(err));
             }
         };
+        // Admitted here, a value that then cannot be brought back without
+        // a write goes to the normal `get`, which serves it without bringing
+        // it back this time: its admission is spent.
+        if !self.brings_back(hash, len) {
+            bump(&self.counters.reloads, 1);
+            bump(&self.counters.reloaded_bytes, len);
+            bump(&self.counters.unpromoted_reloads, 1);
+            return Some(Ok(bytes));
+        }
         let mut guard = WriteGuard::new(self, briefly(|| self.state.try_write())?);
         let (over, _) = guard.overflow::<Q>(len, None);
         if over > 0 && !guard.evict_without_writes(over, None) {

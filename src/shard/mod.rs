@@ -11,6 +11,7 @@
 //! drive: the states, the one method per transition, the accounting and the
 //! write guard that frees everything taken out after the lock is released.
 
+mod admission;
 mod clean;
 #[cfg(feature = "tokio")]
 mod inline;
@@ -34,6 +35,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU64};
 use crate::sync::{yield_now, Mutex, RwLock, RwLockReadGuard};
 use crate::Location;
 
+use admission::Admission;
 pub(crate) use clean::Frontier;
 #[cfg(feature = "tokio")]
 pub(crate) use inline::Probe;
@@ -135,6 +137,9 @@ pub(crate) struct Shard<K> {
     counters: Counters,
     /// Buffers of large values that left memory, for the next reloads.
     spares: Spares,
+    /// The large reads not brought back into memory, for the next ones
+    /// (see [`admission`]); taken only by reloads of large values.
+    admission: Mutex<Admission>,
 }
 
 impl<K> Shard<K>
@@ -159,6 +164,7 @@ where
             hasher,
             counters: Counters::default(),
             spares: Spares::new(budget),
+            admission: Mutex::new(Admission::default()),
         }
     }
 
@@ -266,11 +272,19 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let len = reader.value_len();
+        let fits = len <= self.budget;
+        let promote = fits && self.brings_back(hash, len);
+        if fits && !promote && !reader.reads_cold() {
+            // Served from the file without a copy, and not brought back.
+            let bytes = self.counted(reader.read_unpromoted(), len)?;
+            bump(&self.counters.unpromoted_reloads, 1);
+            return Ok(Some((bytes, Location::File)));
+        }
         // A value that will be resident again is copied out of the mapping,
-        // so later hits never depend on the file; one that stays on disk is
-        // handed out as a slice of the mapping.
-        let promotable = len <= self.budget;
-        let read = if promotable {
+        // so later hits never depend on the file; so is one read from the
+        // disk (with `pread`, into a kept buffer), promoted or not. One too
+        // large to be resident is handed out as a slice of the mapping.
+        let read = if fits {
             // A kept buffer only while reads go to the disk: from the page
             // cache, copies into one ran slower than into the allocator's.
             let spare = match usize::try_from(len) {
@@ -284,6 +298,36 @@ where
         } else {
             reader.read_mapped()
         };
+        let bytes = self.counted(read, len)?;
+        if !promote {
+            bump(&self.counters.unpromoted_reloads, 1);
+            return Ok(Some((bytes, Location::File)));
+        }
+        // Failing to make room is not an error: the bytes read are
+        // served anyway, just not brought back into memory.
+        if let Ok((mut guard, _, wrote)) = self.lock_with_room::<Q>(len, None, disk) {
+            guard.promote(key, hash, &reader, &bytes);
+            drop(guard);
+            if let (true, Some(disk)) = (wrote, disk) {
+                disk.help_clean(self);
+            }
+        }
+        Ok(Some((bytes, Location::File)))
+    }
+
+    /// Whether a reload of `len` bytes of the key hashed `hash`, which fits
+    /// this shard's share, brings the value back into memory: always with
+    /// `exact_lru` (the seed's order) and for values under
+    /// [`admission::MIN_LEN`]; else on its second read within the share
+    /// (see [`admission`]).
+    fn brings_back(&self, hash: u64, len: u64) -> bool {
+        self.exact_lru
+            || len < admission::MIN_LEN
+            || self.admission.lock().admits(hash, len, self.budget)
+    }
+
+    /// Counts a read of `len` bytes from disk: a reload, or a corruption.
+    fn counted(&self, read: Result<Bytes, Error>, len: u64) -> Result<Bytes, Error> {
         let bytes = read.inspect_err(|e| {
             if matches!(e, Error::Corrupted { .. }) {
                 bump(&self.counters.corruptions, 1);
@@ -291,18 +335,7 @@ where
         })?;
         bump(&self.counters.reloads, 1);
         bump(&self.counters.reloaded_bytes, len);
-        if promotable {
-            // Failing to make room is not an error: the bytes read are
-            // served anyway, just not brought back into memory.
-            if let Ok((mut guard, _, wrote)) = self.lock_with_room::<Q>(len, None, disk) {
-                guard.promote(key, hash, &reader, &bytes);
-                drop(guard);
-                if let (true, Some(disk)) = (wrote, disk) {
-                    disk.help_clean(self);
-                }
-            }
-        }
-        Ok(Some((bytes, Location::File)))
+        Ok(bytes)
     }
 
     /// Removes `key`; says whether it was there. Never reads from disk.

@@ -7,9 +7,12 @@
 //! mapping, or with `pread` while the files are out of the page cache (see
 //! [`super::cold`]) and while a shared segment has served too few reads
 //! since its mapping was last dropped to be worth mapping again (see
-//! [`MAP_AFTER_READS`]); values from shared segments are copied out, and only a
-//! file of one large record (never punched, only deleted whole) hands its
-//! value out as a slice of the mapping.
+//! [`MAP_AFTER_READS`]). Values from shared segments are copied out of the
+//! segment's mapping, which punching drops now and then; a file of one
+//! large record (never punched, only deleted whole) hands its value out as
+//! a slice of the mapping, and a value of a shared segment that is not
+//! brought back into memory is handed out as a mapping of its own record,
+//! which holds the record's blocks (see [`Segment::map_record`]).
 //!
 //! This module holds the mapping, the only `unsafe` code of the crate
 //! besides the system calls in [`super::sys`].
@@ -472,9 +475,11 @@ impl Segment {
         // once its value was stored. Holes are punched (with KEEP_SIZE, so
         // the length never moves) only in shared segments and only over
         // blocks that no record or reader in flight holds, and values read
-        // from shared segments are copied out before the read ends; a slice
-        // of a mapping outlives the read only for a file of one record, which
-        // is never punched. So no byte anyone can still read turns to zeros.
+        // through a shared segment's mapping are copied out before the read
+        // ends; a slice of this mapping outlives the read only for a file of
+        // one record, which is never punched (a value of a shared segment
+        // handed out without a copy has a mapping of its own, with a pin:
+        // see `map_record`). So no byte anyone can still read turns to zeros.
         // Deleting the file keeps the mapping valid. The mapping covers the
         // size the file was created with, even if someone shortened it since,
         // so records appended later stay reachable; `read_mapped` checks the
@@ -722,6 +727,76 @@ impl Segment {
         })
     }
 
+    /// Maps the bytes of the record `pin` holds, and no more, and verifies
+    /// them: the mapping, and the bytes of header before the value in it.
+    /// For a value of a shared segment handed out without a copy (see
+    /// [`RecordReader::read_unpromoted`]): holes punched around it touch no
+    /// page this mapping maps, where a mapping of the whole segment would
+    /// have every such punch unmap pages under it.
+    ///
+    /// As in [`read_mapped`](Self::read_mapped), the file's current length
+    /// is checked first, so a file truncated behind the store's back is
+    /// reported as corrupted instead of faulting.
+    #[cfg(not(miri))]
+    fn map_record(
+        self: &Arc<Self>,
+        pin: &Pin,
+        kept: Option<u64>,
+    ) -> Result<(memmap2::Mmap, usize), Error> {
+        let offset = pin.offset;
+        let end = offset.checked_add(pin.len).ok_or_else(|| {
+            self.corrupted(offset, format!("record length {} overflows", pin.len))
+        })?;
+        let access = self.access(false)?;
+        let file_len = access
+            .file
+            .metadata()
+            .map_err(|e| Error::io("checking spill file", &self.path, e))?
+            .len();
+        if file_len < end {
+            return Err(self.corrupted(
+                offset,
+                format!("file is {file_len} bytes, record ends at {end}"),
+            ));
+        }
+        let start = read_from(offset, kept);
+        let len = usize::try_from(end - start)
+            .map_err(|_| self.corrupted(offset, format!("record of {} bytes", end - start)))?;
+        // SAFETY: as for `map` (the file is ours, never truncated or
+        // rewritten by the store, holes are punched with KEEP_SIZE only over
+        // blocks nobody holds, and the length was checked just above), and
+        // more narrowly: this mapping covers the bytes of one record, whose
+        // blocks `pin` holds; the caller keeps the pin for as long as the
+        // mapping lives (an `OwnMapping` owns both, and drops the mapping
+        // first), so no hole is ever punched under it and no byte it maps
+        // turns to zeros.
+        //
+        // Not populated up front: `MAP_POPULATE` walks the pages one by one
+        // (1 MiB reloads ran 0.8x as fast with it), where the faults of the
+        // checksum's pass map 16 pages each.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .map(&*access.file)
+        }
+        .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
+        let skip = match kept {
+            Some(checksum) => {
+                record::check_kept_checksum(record::checksum(&map), checksum)
+                    .map_err(|r| self.corrupted(offset, r))?;
+                0
+            }
+            None => {
+                let (header, value) = map.split_at(HEADER_LEN as usize);
+                self.check_header(header, offset, end)?;
+                record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+                HEADER_LEN as usize
+            }
+        };
+        Ok((map, skip))
+    }
+
     /// Copies (`copy`) or only checksums the mapped bytes of `range`, in
     /// chunks. A value large enough to tell is timed: if it waited for the
     /// disk, the rest is requested whole and the store reads copies with
@@ -808,6 +883,25 @@ struct MappedValue {
 impl AsRef<[u8]> for MappedValue {
     fn as_ref(&self) -> &[u8] {
         &self.map[self.start..self.end]
+    }
+}
+
+/// A value handed out as a mapping of its record alone (see
+/// [`Segment::map_record`]), and the pin that keeps the record's
+/// blocks from being punched while the mapping lives. Fields drop in
+/// order: the mapping before the pin.
+#[cfg(not(miri))]
+struct OwnMapping {
+    map: memmap2::Mmap,
+    /// Bytes of record header before the value.
+    skip: usize,
+    _pin: Pin,
+}
+
+#[cfg(not(miri))]
+impl AsRef<[u8]> for OwnMapping {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.skip..]
     }
 }
 
@@ -1050,6 +1144,30 @@ impl RecordReader {
         self.pin
             .segment
             .read(&self.pin, self.value_len(), false, self.kept, Vec::new())
+    }
+
+    /// Reads back the value, verified, for handing out without bringing it
+    /// back into memory: without a copy, as a mapping that holds the
+    /// record's blocks while it lives (a slice of a file of its own, or a
+    /// mapping of the record alone in a shared segment; see
+    /// [`Segment::map_record`]). A copy if the record cannot be mapped (the
+    /// process's limit on mappings, say), and under Miri, which cannot map
+    /// files.
+    pub(crate) fn read_unpromoted(self) -> Result<Bytes, Error> {
+        #[cfg(not(miri))]
+        if !self.pin.segment.dedicated {
+            let segment = Arc::clone(&self.pin.segment);
+            return match segment.map_record(&self.pin, self.kept) {
+                Ok((map, skip)) => Ok(Bytes::from_owner(OwnMapping {
+                    map,
+                    skip,
+                    _pin: self.pin,
+                })),
+                Err(Error::Io(_)) => self.read_copy_into(Vec::new()),
+                Err(err) => Err(err),
+            };
+        }
+        self.read_mapped()
     }
 
     /// Whether recent reads found the spill files out of the page cache

@@ -42,12 +42,13 @@ impl Store for SpillAdapter {
     fn notes(&self) -> String {
         let s = self.inner.stats();
         format!(
-            "entries {}, mem {:.0} MiB, disk {:.0} MiB, spills {}, reloads {}",
+            "entries {}, mem {:.0} MiB, disk {:.0} MiB, spills {}, reloads {} ({} left on disk)",
             s.entries,
             s.memory_bytes as f64 / MIB,
             s.disk_bytes as f64 / MIB,
             s.spills,
-            s.reloads
+            s.reloads,
+            s.unpromoted_reloads
         )
     }
 }
