@@ -1476,6 +1476,47 @@ mod tests {
         assert!(segment.is_mapped());
     }
 
+    /// Values of a shared segment handed out without a copy (the reads that
+    /// do not bring a value back into memory) keep their bytes while their
+    /// records go and every block around them is punched: one from the
+    /// segment's mapping, and, once punching dropped it, two from mappings
+    /// of their own records (one with a header on disk, one without). Their
+    /// blocks go when they do.
+    #[test]
+    #[cfg(not(miri))] // Miri cannot map files
+    fn values_handed_out_without_a_copy_keep_their_blocks() {
+        let (_tmp, spill) = dir_with(config(1 << 20, None, None));
+        let vals = values(&[20 << 10, 100, 20 << 10, 20 << 10]);
+        let mut records: Vec<Option<Record>> =
+            spill.write(&vals).unwrap().into_iter().map(Some).collect();
+        let segment = Arc::clone(records[0].as_ref().unwrap().segment());
+        let unpromoted = |r: &Option<Record>| r.as_ref().unwrap().reader().read_unpromoted();
+        assert_eq!(
+            records[0].as_ref().unwrap().reader().read_copy().unwrap(),
+            vals[0]
+        );
+        assert!(segment.is_mapped());
+        let from_segment = unpromoted(&records[0]).unwrap();
+        records[3].take();
+        spill.shared.punch_all_dead_blocks();
+        assert!(!segment.is_mapped(), "punching dropped the mapping");
+        let headed = unpromoted(&records[1]).unwrap();
+        let headerless = unpromoted(&records[2]).unwrap();
+        assert!(!segment.is_mapped(), "mapped the records alone");
+        let before = spill.usage();
+        for r in &mut records {
+            r.take();
+        }
+        spill.shared.punch_all_dead_blocks();
+        assert_eq!(spill.usage().allocated, before.allocated, "all held");
+        assert_eq!(from_segment, vals[0]);
+        assert_eq!(headed, vals[1]);
+        assert_eq!(headerless, vals[2]);
+        drop((from_segment, headed, headerless));
+        spill.shared.punch_all_dead_blocks();
+        assert!(spill.usage().allocated < before.allocated);
+    }
+
     /// A dump dir whose reads count as cold, with two records of a shared
     /// segment large enough for the cold read path (`pread` for copies) and
     /// one of a file of its own (mapped, advised first).

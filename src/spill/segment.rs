@@ -7,12 +7,12 @@
 //! mapping, or with `pread` while the files are out of the page cache (see
 //! [`super::cold`]) and while a shared segment has served too few reads
 //! since its mapping was last dropped to be worth mapping again (see
-//! [`MAP_AFTER_READS`]). Values from shared segments are copied out of the
-//! segment's mapping, which punching drops now and then; a file of one
-//! large record (never punched, only deleted whole) hands its value out as
-//! a slice of the mapping, and a value of a shared segment that is not
-//! brought back into memory is handed out as a mapping of its own record,
-//! which holds the record's blocks (see [`Segment::map_record`]).
+//! [`MAP_AFTER_READS`]). A value brought back into memory is copied out; a
+//! file of one large record (never punched, only deleted whole) hands its
+//! value out as a slice of the mapping, and so does a shared segment for a
+//! value not brought back, with a pin on the value's blocks (from the
+//! segment's mapping, or from a mapping of that record alone while the
+//! segment has none: see [`Segment::map_record`]).
 //!
 //! This module holds the mapping, the only `unsafe` code of the crate
 //! besides the system calls in [`super::sys`].
@@ -474,12 +474,11 @@ impl Segment {
         // has been handed yet, and a record's bytes are never written again
         // once its value was stored. Holes are punched (with KEEP_SIZE, so
         // the length never moves) only in shared segments and only over
-        // blocks that no record or reader in flight holds, and values read
-        // through a shared segment's mapping are copied out before the read
-        // ends; a slice of this mapping outlives the read only for a file of
-        // one record, which is never punched (a value of a shared segment
-        // handed out without a copy has a mapping of its own, with a pin:
-        // see `map_record`). So no byte anyone can still read turns to zeros.
+        // blocks that no record or reader in flight holds; a slice of this
+        // mapping outlives the read only for a file of one record, which is
+        // never punched, or with a pin on the value's blocks (see
+        // `map_record`), which keeps them from being punched for as long as
+        // the slice lives. So no byte anyone can still read turns to zeros.
         // Deleting the file keeps the mapping valid. The mapping covers the
         // size the file was created with, even if someone shortened it since,
         // so records appended later stay reachable; `read_mapped` checks the
@@ -727,12 +726,19 @@ impl Segment {
         })
     }
 
-    /// Maps the bytes of the record `pin` holds, and no more, and verifies
-    /// them: the mapping, and the bytes of header before the value in it.
-    /// For a value of a shared segment handed out without a copy (see
-    /// [`RecordReader::read_unpromoted`]): holes punched around it touch no
-    /// page this mapping maps, where a mapping of the whole segment would
-    /// have every such punch unmap pages under it.
+    /// The bytes of the record `pin` holds, verified, in a mapping that the
+    /// caller keeps with `pin` to hand the value out without a copy (see
+    /// [`RecordReader::read_unpromoted`]): the segment's own mapping if it
+    /// has one now, else a mapping of the record's bytes alone, so that no
+    /// read maps the whole segment again before it has served enough reads
+    /// (see [`MAP_AFTER_READS`]). Returns the mapping and where the value
+    /// lies in it.
+    ///
+    /// A value from the segment's mapping keeps that mapping alive after
+    /// punching dropped the segment's hold on it, and holes punched over
+    /// pages it maps then unmap those pages (a TLB shootdown); never under
+    /// the value itself, whose blocks `pin` holds. A mapping of the record
+    /// alone maps no page a hole is ever punched over.
     ///
     /// As in [`read_mapped`](Self::read_mapped), the file's current length
     /// is checked first, so a file truncated behind the store's back is
@@ -742,7 +748,7 @@ impl Segment {
         self: &Arc<Self>,
         pin: &Pin,
         kept: Option<u64>,
-    ) -> Result<(memmap2::Mmap, usize), Error> {
+    ) -> Result<(HandedOutMap, std::ops::Range<usize>), Error> {
         let offset = pin.offset;
         let end = offset.checked_add(pin.len).ok_or_else(|| {
             self.corrupted(offset, format!("record length {} overflows", pin.len))
@@ -760,41 +766,53 @@ impl Segment {
             ));
         }
         let start = read_from(offset, kept);
-        let len = usize::try_from(end - start)
-            .map_err(|_| self.corrupted(offset, format!("record of {} bytes", end - start)))?;
-        // SAFETY: as for `map` (the file is ours, never truncated or
-        // rewritten by the store, holes are punched with KEEP_SIZE only over
-        // blocks nobody holds, and the length was checked just above), and
-        // more narrowly: this mapping covers the bytes of one record, whose
-        // blocks `pin` holds; the caller keeps the pin for as long as the
-        // mapping lives (an `OwnMapping` owns both, and drops the mapping
-        // first), so no hole is ever punched under it and no byte it maps
-        // turns to zeros.
-        //
-        // Not populated up front: `MAP_POPULATE` walks the pages one by one
-        // (1 MiB reloads ran 0.8x as fast with it), where the faults of the
-        // checksum's pass map 16 pages each.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(start)
-                .len(len)
-                .map(&*access.file)
-        }
-        .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
-        let skip = match kept {
-            Some(checksum) => {
-                record::check_kept_checksum(record::checksum(&map), checksum)
-                    .map_err(|r| self.corrupted(offset, r))?;
-                0
-            }
-            None => {
-                let (header, value) = map.split_at(HEADER_LEN as usize);
-                self.check_header(header, offset, end)?;
-                record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-                HEADER_LEN as usize
+        let too_long = |_| self.corrupted(offset, format!("record ends at {end}"));
+        let (start_at, end_at) = (
+            usize::try_from(start).map_err(too_long)?,
+            usize::try_from(end).map_err(too_long)?,
+        );
+        let shared = self.handle.lock().as_ref().and_then(|h| h.map.clone());
+        let (map, range) = match shared {
+            Some(map) if map.len() >= end_at => (HandedOutMap::Segment(map), start_at..end_at),
+            _ => {
+                // SAFETY: as for `map` (the file is ours, never truncated or
+                // rewritten by the store, holes are punched with KEEP_SIZE
+                // only over blocks nobody holds, and the length was checked
+                // just above), and more narrowly: this mapping covers the
+                // bytes of one record, whose blocks `pin` holds; the caller
+                // keeps the pin for as long as the mapping lives (a
+                // `PinnedValue` owns both, and drops the mapping first), so
+                // no hole is ever punched under it.
+                //
+                // Not populated up front: `MAP_POPULATE` walks the pages one
+                // by one (1 MiB reloads ran 0.8x as fast with it), where the
+                // faults of the checksum's pass map 16 pages each.
+                let own = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(start)
+                        .len(end_at - start_at)
+                        .map(&*access.file)
+                }
+                .map_err(|e| Error::io("mapping spill file", &self.path, e))?;
+                let len = own.len();
+                (HandedOutMap::Record(own), 0..len)
             }
         };
-        Ok((map, skip))
+        let bytes = &map.bytes()[range.clone()];
+        let value_at = match kept {
+            Some(checksum) => {
+                record::check_kept_checksum(record::checksum(bytes), checksum)
+                    .map_err(|r| self.corrupted(offset, r))?;
+                range.start
+            }
+            None => {
+                let (header, value) = bytes.split_at(HEADER_LEN as usize);
+                self.check_header(header, offset, end)?;
+                record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
+                range.start + HEADER_LEN as usize
+            }
+        };
+        Ok((map, value_at..range.end))
     }
 
     /// Copies (`copy`) or only checksums the mapped bytes of `range`, in
@@ -886,22 +904,40 @@ impl AsRef<[u8]> for MappedValue {
     }
 }
 
-/// A value handed out as a mapping of its record alone (see
-/// [`Segment::map_record`]), and the pin that keeps the record's
-/// blocks from being punched while the mapping lives. Fields drop in
-/// order: the mapping before the pin.
+/// The mapping a value of a shared segment is handed out in (see
+/// [`Segment::map_record`]).
 #[cfg(not(miri))]
-struct OwnMapping {
-    map: memmap2::Mmap,
-    /// Bytes of record header before the value.
-    skip: usize,
+enum HandedOutMap {
+    /// The segment's mapping.
+    Segment(Arc<memmap2::Mmap>),
+    /// A mapping of the value's record alone.
+    Record(memmap2::Mmap),
+}
+
+#[cfg(not(miri))]
+impl HandedOutMap {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HandedOutMap::Segment(map) => map,
+            HandedOutMap::Record(map) => map,
+        }
+    }
+}
+
+/// A value of a shared segment handed out without a copy: where it lies in
+/// a mapping, and the pin that keeps its blocks from being punched while
+/// the mapping lives. Fields drop in order: the mapping before the pin.
+#[cfg(not(miri))]
+struct PinnedValue {
+    map: HandedOutMap,
+    range: std::ops::Range<usize>,
     _pin: Pin,
 }
 
 #[cfg(not(miri))]
-impl AsRef<[u8]> for OwnMapping {
+impl AsRef<[u8]> for PinnedValue {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.skip..]
+        &self.map.bytes()[self.range.clone()]
     }
 }
 
@@ -1147,20 +1183,19 @@ impl RecordReader {
     }
 
     /// Reads back the value, verified, for handing out without bringing it
-    /// back into memory: without a copy, as a mapping that holds the
-    /// record's blocks while it lives (a slice of a file of its own, or a
-    /// mapping of the record alone in a shared segment; see
-    /// [`Segment::map_record`]). A copy if the record cannot be mapped (the
-    /// process's limit on mappings, say), and under Miri, which cannot map
-    /// files.
+    /// back into memory: without a copy, as a slice of a mapping (of a file
+    /// of its own; or of a shared segment, holding the record's blocks while
+    /// it lives: see [`Segment::map_record`]). A copy if the record cannot be
+    /// mapped (the process's limit on mappings, say), and under Miri, which
+    /// cannot map files.
     pub(crate) fn read_unpromoted(self) -> Result<Bytes, Error> {
         #[cfg(not(miri))]
         if !self.pin.segment.dedicated {
             let segment = Arc::clone(&self.pin.segment);
             return match segment.map_record(&self.pin, self.kept) {
-                Ok((map, skip)) => Ok(Bytes::from_owner(OwnMapping {
+                Ok((map, range)) => Ok(Bytes::from_owner(PinnedValue {
                     map,
-                    skip,
+                    range,
                     _pin: self.pin,
                 })),
                 Err(Error::Io(_)) => self.read_copy_into(Vec::new()),
