@@ -231,8 +231,8 @@ impl<K> Builder<K> {
     ///   A spilled value of 256 KiB or more comes back into memory on its
     ///   second read within its shard's share of `max_size` (counted in
     ///   bytes of such reads), not on its first: the first is served from
-    ///   the spill file without a copy, as a mapping of the value's own
-    ///   bytes, and memory stays as it was. A large value read once in a
+    ///   the spill file without a copy, as a slice of the file's mapping,
+    ///   and memory stays as it was. A large value read once in a
     ///   while (a scan, the cold end of the popularity curve) then neither
     ///   costs a copy nor pushes out values that are being read. Such a
     ///   value holds its disk blocks while the caller keeps it, as a value
