@@ -106,7 +106,7 @@ mod tests {
         assert!(a.admits(99, MIN_LEN, BUDGET), "the newest are kept");
         assert!(!a.admits(95, MIN_LEN, BUDGET), "the oldest went");
         let mut huge = Admission::default();
-        for key in 0..5000 {
+        for key in 0..MAX_REMEMBERED + 10 {
             huge.admits(key, MIN_LEN, u64::MAX);
         }
         assert_eq!(huge.seen.len(), MAX_REMEMBERED as usize);
