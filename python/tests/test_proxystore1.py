@@ -156,7 +156,7 @@ async def _reload_and_spill(storage: SpillStorage, rounds: int) -> None:
     for key, value in values.items():
         await storage.set(key, value)
     for _ in range(rounds):
-        for key, value in values.items():  # every get reloads and spills
+        for key, value in values.items():  # all but two gets reload
             assert await storage.get(key) == value
 
 
@@ -164,9 +164,12 @@ async def _reload_and_spill(storage: SpillStorage, rounds: int) -> None:
 async def test_reloads_and_spills_do_not_block_the_event_loop(tmp_path: pathlib.Path) -> None:
     """Measure: another coroutine keeps running during reloads and spills.
 
-    Every get below reloads a 4 MiB value from disk (and spills another to
-    make room). Were that done on the event loop, the workload would never
-    yield and the ticker would not run until it ended.
+    Every get below but those of the two values resident from the start
+    reloads a 4 MiB value from disk: a value that large comes back into
+    memory only on its second read in a while (here each is read again 16
+    values later, beyond the 8 MiB share), so it never pushes those two out.
+    Were that done on the event loop, the workload would never yield and
+    the ticker would not run until it ended.
     """
     storage = SpillStorage(8 << 20, tmp_path / 'dump', shards=1)
     ticker = _Ticker()
@@ -179,6 +182,6 @@ async def test_reloads_and_spills_do_not_block_the_event_loop(tmp_path: pathlib.
     st = storage.stats()
     await storage.close()
     disk_ops = st['reloads'] + st['spills']
-    assert st['reloads'] >= 32, st
+    assert (st['reloads'], st['unpromoted_reloads']) == (28, 28), st
     # At least one tick per disk operation: the loop ran during each of them.
     assert ticker.ticks - ticks_before >= disk_ops, (ticker.ticks, disk_ops)
