@@ -19,6 +19,9 @@
 //! * inserts a new version of one of its keys (30%), of a random size: mostly
 //!   0..=8 KiB, and 1% of the time larger than one shard's share of the
 //!   budget (those go straight to disk and are served from the mapping);
+//!   with a share of 256 KiB or more, another 1% between 256 KiB and the
+//!   share (the default policy serves those from the mapping on a first read
+//!   and brings them back into memory on a second);
 //! * removes one of its keys (5%);
 //! * gets one of its keys (40%): the value must be exactly what its model
 //!   says (a `HashMap` key -> (version, length)), every byte compared;
@@ -63,6 +66,9 @@ use spillstore::{Location, SpillStore, Stats};
 
 const KIB: u64 = 1 << 10;
 const HEADER: usize = 24;
+/// Values this large or larger come back into memory on their second read
+/// (the library's default policy), not their first.
+const LARGE: u64 = 256 * KIB;
 /// A value at least this long names its version.
 const VERSIONED: usize = 16;
 const ZIPF_S: f64 = 0.99;
@@ -288,6 +294,11 @@ impl Worker<'_> {
             let lo = (share + 1).min(max);
             let hi = (2 * share).clamp(lo, max);
             (self.rng.gen_range(lo..=hi) as usize, true)
+        } else if p < 20 && self.shared.share >= LARGE {
+            (
+                self.rng.gen_range(LARGE..=self.shared.share) as usize,
+                false,
+            )
         } else if p < 300 {
             (self.rng.gen_range(0..=256), false)
         } else {
@@ -625,7 +636,8 @@ fn main() {
     println!(
         "PASS: {ops} ops in {:.1} s ({:.0} ops/s): {} inserts ({} larger than a shard's share), \
          {} removes, {} own gets, {} foreign gets ({} served from files); store: {} spills, \
-         {} copies cleaned ahead, {} respills, {} reloads, 0 corruptions; seed {seed}",
+         {} copies cleaned ahead, {} respills, {} reloads ({} left on disk), 0 corruptions; \
+         seed {seed}",
         elapsed.as_secs_f64(),
         ops as f64 / elapsed.as_secs_f64(),
         sum(|c| &c.inserts),
@@ -638,6 +650,7 @@ fn main() {
         stats.cleaned,
         stats.respills,
         stats.reloads,
+        stats.unpromoted_reloads,
     );
 }
 
