@@ -19,6 +19,9 @@ use common::{spill_files, value};
 const MAX_OPS: usize = 64;
 /// Keys are `0..KEYS`, so replacements and collisions are frequent.
 const KEYS: u16 = 24;
+/// With CLOCK, values this large come back into memory on their second
+/// read in a while (the library's rule for large values), not their first.
+const SECOND_READ_MIN: u64 = 256 << 10;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -40,7 +43,12 @@ struct Input {
     /// values of 16 KiB or more then spill to shared segments, page aligned
     /// and without a header.
     large: bool,
-    /// `1..=2048`, times 16 if `large`.
+    /// Sizes 256 times larger instead, value lengths too: values of 256 KiB
+    /// or more then come back into memory on their second read in a while,
+    /// not their first, and are served from the mapping until then (with
+    /// CLOCK).
+    huge: bool,
+    /// `1..=2048`, times 16 if `large` (256 if `huge`).
     max_size: u16,
     /// Exact LRU or the default CLOCK (values and accounting are checked
     /// the same way; `tests/model.rs` models both orders exactly).
@@ -69,6 +77,10 @@ struct Checker {
     /// (fit in every shard's share); longer than `never_resident` never are.
     always_resident: u64,
     never_resident: u64,
+    exact_lru: bool,
+    /// What a length drawn for an insert is multiplied by: 256 with `huge`
+    /// sizes (so values reach the budget's), else 1.
+    len_unit: u64,
     hits: u64,
     misses: u64,
     reloads: u64,
@@ -89,9 +101,9 @@ impl Checker {
     fn insert(&mut self, step: usize, key: u16, len: u16) {
         // Mostly within the budget; with the top bit, up to three times it.
         let len = if len & 0x8000 == 0 {
-            u64::from(len) % (self.max_size + 1)
+            u64::from(len) * self.len_unit % (self.max_size + 1)
         } else {
-            u64::from(len & 0x7fff) % (3 * self.max_size + 2)
+            u64::from(len & 0x7fff) * self.len_unit % (3 * self.max_size + 2)
         };
         let v = value(u64::from(key), step as u64, len as usize);
         let result = self.store.insert(key, v.clone());
@@ -182,7 +194,9 @@ impl Checker {
                 let after = self.store.location(&key);
                 // Under a disk budget, bringing a value back may find no room
                 // to spill others: it is then served from disk and stays there.
-                if len <= self.always_resident && self.max_disk_size.is_none() {
+                // A large value may wait for its second read (with CLOCK).
+                let comes_back = self.exact_lru || len < SECOND_READ_MIN;
+                if len <= self.always_resident && self.max_disk_size.is_none() && comes_back {
                     assert_eq!(
                         after,
                         Some(Location::Memory),
@@ -371,7 +385,11 @@ impl Checker {
 }
 
 fuzz_target!(|input: Input| {
-    let scale = if input.large { 16 } else { 1 };
+    let scale = match (input.huge, input.large) {
+        (true, _) => 256,
+        (false, true) => 16,
+        (false, false) => 1,
+    };
     let max_size = (1 + u64::from(input.max_size) % 2048) * scale;
     let shards = 1 + usize::from(input.shards % 8);
     let segment_size = (4096 + u64::from(input.segment_size) % (65536 - 4096 + 1)) * scale;
@@ -408,6 +426,8 @@ fuzz_target!(|input: Input| {
         max_object_size,
         always_resident: max_size / n,
         never_resident: max_size.div_ceil(n),
+        exact_lru: input.exact_lru,
+        len_unit: if input.huge { 256 } else { 1 },
         hits: 0,
         misses: 0,
         reloads: 0,
