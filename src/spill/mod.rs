@@ -1476,6 +1476,31 @@ mod tests {
         assert!(segment.is_mapped());
     }
 
+    /// A record of an empty value (all header) that ends on a page boundary
+    /// sits at the offset of the headerless record after it, whose value
+    /// starts on that boundary. Dropping it must not forget that record's
+    /// checksum: the value would then read as corrupted. Found by the `ops`
+    /// fuzz target.
+    #[test]
+    fn dropping_an_empty_value_keeps_the_next_records_checksum() {
+        let (_tmp, spill) = dir_with(config(1 << 20, None, None));
+        // File header 64 bytes, then 32 + 3968: the empty value's record
+        // runs from 4064 to the page boundary at 4096.
+        let vals = values(&[3968, 0, 20 << 10]);
+        let mut records: Vec<Option<Record>> =
+            spill.write(&vals).unwrap().into_iter().map(Some).collect();
+        let (empty, large) = (records[1].as_ref().unwrap(), records[2].as_ref().unwrap());
+        assert_eq!(empty.offset(), 4064);
+        assert_eq!(large.offset(), empty.offset(), "the two offsets meet");
+        records[1].take();
+        let large = records[2].as_ref().unwrap();
+        assert_eq!(large.reader().read_copy().unwrap(), vals[2]);
+        assert_eq!(
+            records[0].as_ref().unwrap().reader().read_copy().unwrap(),
+            vals[0]
+        );
+    }
+
     /// Values of a shared segment handed out without a copy (the reads that
     /// do not bring a value back into memory) keep their bytes while their
     /// records go and every block around them is punched: one from the

@@ -273,10 +273,14 @@ impl Segment {
         if let Some(blocks) = &self.blocks {
             let pending = {
                 let mut b = blocks.lock();
-                if record {
+                let (held_at, held_len) = held(offset, len);
+                // Only a headerless record has a checksum kept here. (A
+                // record of an empty value, all header, can sit at the same
+                // offset as the headerless record after it: its own header
+                // fills the 32 bytes before that record's value.)
+                if record && held_at != offset {
                     b.checksums.remove(&(offset as u32));
                 }
-                let (held_at, held_len) = held(offset, len);
                 b.release(held_at, held_len);
                 b.pending_bytes()
             };
