@@ -43,22 +43,22 @@ struct Input {
     /// values of 16 KiB or more then spill to shared segments, page aligned
     /// and without a header.
     large: bool,
-    /// Sizes 256 times larger instead, value lengths too: values of 256 KiB
-    /// or more then come back into memory on their second read in a while,
-    /// not their first, and are served from the mapping until then (with
-    /// CLOCK).
+    /// Sizes 256 times larger instead (whatever `large` says), value
+    /// lengths too: values of 256 KiB or more then come back into memory on
+    /// their second read in a while, not their first, and are served from
+    /// the mapping until then (with CLOCK).
     huge: bool,
-    /// `1..=2048`, times 16 if `large` (256 if `huge`).
+    /// `1..=2048`, times the scale (16 if `large`, 256 if `huge`).
     max_size: u16,
     /// Exact LRU or the default CLOCK (values and accounting are checked
     /// the same way; `tests/model.rs` models both orders exactly).
     exact_lru: bool,
     /// `1..=8` (the store rounds up to a power of two).
     shards: u8,
-    /// `4096..=65536`, times 16 if `large`.
+    /// `4096..=65536`, times the scale.
     segment_size: u16,
     max_object_size: Option<u16>,
-    /// `max_disk_size`: `1..=65536` bytes (times 16 if `large`), or none.
+    /// `max_disk_size`: `1..=65536` bytes (times the scale), or none.
     max_disk_size: Option<u16>,
     /// `clean_ahead`: `0..=max_size` bytes (0: off), or the default. The
     /// spiller thread writes copies while the ops run, and `quiesce` (after
@@ -427,7 +427,7 @@ fuzz_target!(|input: Input| {
         always_resident: max_size / n,
         never_resident: max_size.div_ceil(n),
         exact_lru: input.exact_lru,
-        len_unit: if input.huge { 256 } else { 1 },
+        len_unit: if scale == 256 { 256 } else { 1 },
         hits: 0,
         misses: 0,
         reloads: 0,
