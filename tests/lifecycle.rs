@@ -278,6 +278,22 @@ fn a_large_value_served_without_a_copy_outlives_its_record() {
     s.validate().unwrap();
 }
 
+/// A large value served without a copy does not keep its file: `cleanup`
+/// removes the dump dir while the caller still holds the value, which stays
+/// intact.
+#[test]
+fn cleanup_removes_the_dir_while_a_value_served_without_a_copy_is_held() {
+    let (dir, s) = large_values_store(false);
+    let held = s.get("0").unwrap().unwrap();
+    assert_eq!(s.stats().unpromoted_reloads, 1);
+    s.cleanup().unwrap();
+    assert!(
+        !dir.path().join("dump").exists(),
+        "cleanup left the dump dir"
+    );
+    assert!(held == value(0, 300 << 10), "the held value changed");
+}
+
 #[test]
 fn a_symlink_planted_under_a_spill_name_is_not_written_through() {
     let parent = tempfile::tempdir().unwrap();

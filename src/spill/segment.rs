@@ -481,8 +481,9 @@ impl Segment {
         // blocks that no record or reader in flight holds; a slice of this
         // mapping outlives the read only for a file of one record, which is
         // never punched, or with a pin on the value's blocks (see
-        // `map_record`), which keeps them from being punched for as long as
-        // the slice lives. So no byte anyone can still read turns to zeros.
+        // `map_record` and `WeakPin`), which keeps them from being punched
+        // for as long as the slice lives (a segment that is gone is never
+        // punched again). So no byte anyone can still read turns to zeros.
         // Deleting the file keeps the mapping valid. The mapping covers the
         // size the file was created with, even if someone shortened it since,
         // so records appended later stay reachable; `read_mapped` checks the
@@ -784,9 +785,10 @@ impl Segment {
                 // only over blocks nobody holds, and the length was checked
                 // just above), and more narrowly: this mapping covers the
                 // bytes of one record, whose blocks `pin` holds; the caller
-                // keeps the pin for as long as the mapping lives (a
-                // `PinnedValue` owns both, and drops the mapping first), so
-                // no hole is ever punched under it.
+                // keeps that hold for as long as the mapping lives (a
+                // `PinnedValue` owns both, and drops the mapping first), and
+                // a segment that is gone is never punched again, so no hole
+                // is ever punched under it.
                 //
                 // Not populated up front: `MAP_POPULATE` walks the pages one
                 // by one (1 MiB reloads ran 0.8x as fast with it), where the
@@ -930,12 +932,14 @@ impl HandedOutMap {
 
 /// A value of a shared segment handed out without a copy: where it lies in
 /// a mapping, and the pin that keeps its blocks from being punched while
-/// the mapping lives. Fields drop in order: the mapping before the pin.
+/// the mapping lives, without keeping the segment (so `clear`, `cleanup`
+/// and dropping the store delete its file as they would without the
+/// value). Fields drop in order: the mapping before the pin.
 #[cfg(not(miri))]
 struct PinnedValue {
     map: HandedOutMap,
     range: std::ops::Range<usize>,
-    _pin: Pin,
+    _pin: WeakPin,
 }
 
 #[cfg(not(miri))]
@@ -1049,6 +1053,8 @@ struct Pin {
     offset: u64,
     /// Header and value bytes.
     len: u64,
+    /// Set when the hold went to a [`WeakPin`], which releases it.
+    handed_off: bool,
 }
 
 impl Pin {
@@ -1072,15 +1078,50 @@ impl Pin {
             segment: Arc::clone(segment),
             offset,
             len,
+            handed_off: false,
         };
         (pin, kept)
+    }
+
+    /// The same hold, without keeping the segment (see [`WeakPin`]).
+    #[cfg(not(miri))]
+    fn downgrade(mut self) -> WeakPin {
+        self.handed_off = true;
+        WeakPin {
+            segment: Arc::downgrade(&self.segment),
+            offset: self.offset,
+            len: self.len,
+        }
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        if self.segment.blocks.is_some() {
+        if self.segment.blocks.is_some() && !self.handed_off {
             self.segment.release(self.offset, self.len, false);
+        }
+    }
+}
+
+/// A hold on a record's blocks that does not keep its segment, for a value
+/// handed out as a slice of a mapping: while the segment lives, its blocks
+/// are never punched; once the segment goes (its records gone, the store
+/// cleared, cleaned up or dropped), its file is deleted as it would be
+/// without the value, and the mapping the value keeps stays valid (an
+/// unlinked file's pages live as long as they are mapped), and nothing
+/// punches a deleted file.
+#[cfg(not(miri))]
+struct WeakPin {
+    segment: Weak<Segment>,
+    offset: u64,
+    len: u64,
+}
+
+#[cfg(not(miri))]
+impl Drop for WeakPin {
+    fn drop(&mut self) {
+        if let Some(segment) = self.segment.upgrade().filter(|s| s.blocks.is_some()) {
+            segment.release(self.offset, self.len, false);
         }
     }
 }
@@ -1200,7 +1241,7 @@ impl RecordReader {
                 Ok((map, range)) => Ok(Bytes::from_owner(PinnedValue {
                     map,
                     range,
-                    _pin: self.pin,
+                    _pin: self.pin.downgrade(),
                 })),
                 Err(Error::Io(_)) => self.read_copy_into(Vec::new()),
                 Err(err) => Err(err),
