@@ -631,21 +631,52 @@ impl Segment {
         end: u64,
         kept: Option<u64>,
     ) -> Result<Bytes, Error> {
-        let read = &buf[pad..];
-        let skip = match kept {
+        let header = self.check_record(&buf[pad..], offset, end, kept)?;
+        let skip = pad + header;
+        Ok(value_after(buf, skip))
+    }
+
+    /// Verifies `read`, the bytes of the record `offset..end` as read: the
+    /// value alone against `kept` for a headerless record, else header and
+    /// value. Returns the bytes of header before the value in `read`.
+    fn check_record(
+        &self,
+        read: &[u8],
+        offset: u64,
+        end: u64,
+        kept: Option<u64>,
+    ) -> Result<usize, Error> {
+        match kept {
             Some(checksum) => {
                 record::check_kept_checksum(record::checksum(read), checksum)
                     .map_err(|reason| self.corrupted(offset, reason))?;
-                pad
+                Ok(0)
             }
             None => {
                 let (header, value) = read.split_at(HEADER_LEN as usize);
                 self.check_header(header, offset, end)?;
                 record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-                pad + HEADER_LEN as usize
+                Ok(HEADER_LEN as usize)
             }
-        };
-        Ok(value_after(buf, skip))
+        }
+    }
+
+    /// Checks that `file` still reaches `end`, the end of the record at
+    /// `offset`, before its mapping is touched: a file truncated behind the
+    /// store's back is reported as corrupted instead of faulting (SIGBUS).
+    #[cfg(not(miri))]
+    fn check_file_reaches(&self, file: &File, offset: u64, end: u64) -> Result<(), Error> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("checking spill file", &self.path, e))?
+            .len();
+        if file_len < end {
+            return Err(self.corrupted(
+                offset,
+                format!("file is {file_len} bytes, record ends at {end}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads the record `offset..end` with `pread`, if the file is open and
@@ -690,17 +721,7 @@ impl Segment {
         kept: Option<u64>,
     ) -> Result<Bytes, Error> {
         let access = self.access(true)?;
-        let file_len = access
-            .file
-            .metadata()
-            .map_err(|e| Error::io("checking spill file", &self.path, e))?
-            .len();
-        if file_len < end {
-            return Err(self.corrupted(
-                offset,
-                format!("file is {file_len} bytes, record ends at {end}"),
-            ));
-        }
+        self.check_file_reaches(&access.file, offset, end)?;
         let map = access.map.expect("asked for the mapping");
         if (map.len() as u64) < end {
             // Mapped while the file was shorter than it is now: it was altered.
@@ -759,17 +780,7 @@ impl Segment {
             self.corrupted(offset, format!("record length {} overflows", pin.len))
         })?;
         let access = self.access(false)?;
-        let file_len = access
-            .file
-            .metadata()
-            .map_err(|e| Error::io("checking spill file", &self.path, e))?
-            .len();
-        if file_len < end {
-            return Err(self.corrupted(
-                offset,
-                format!("file is {file_len} bytes, record ends at {end}"),
-            ));
-        }
+        self.check_file_reaches(&access.file, offset, end)?;
         let start = read_from(offset, kept);
         let too_long = |_| self.corrupted(offset, format!("record ends at {end}"));
         let (start_at, end_at) = (
@@ -804,20 +815,8 @@ impl Segment {
                 (HandedOutMap::Record(own), 0..len)
             }
         };
-        let bytes = &map.bytes()[range.clone()];
-        let value_at = match kept {
-            Some(checksum) => {
-                record::check_kept_checksum(record::checksum(bytes), checksum)
-                    .map_err(|r| self.corrupted(offset, r))?;
-                range.start
-            }
-            None => {
-                let (header, value) = bytes.split_at(HEADER_LEN as usize);
-                self.check_header(header, offset, end)?;
-                record::check_value(header, value).map_err(|r| self.corrupted(offset, r))?;
-                range.start + HEADER_LEN as usize
-            }
-        };
+        let header = self.check_record(&map.bytes()[range.clone()], offset, end, kept)?;
+        let value_at = range.start + header;
         Ok((map, value_at..range.end))
     }
 
