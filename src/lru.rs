@@ -110,7 +110,10 @@ pub(crate) const fn slot_size<T>() -> usize {
 
 /// Slots in fixed-size pages, indexed by [`SlotId`].
 struct Pages<T> {
-    pages: Vec<Box<[Slot<T>]>>,
+    /// Arrays, not slices: a slot's index within its page is below
+    /// `PAGE_SLOTS` by construction, so indexing a page needs no bounds
+    /// check (a length load and a compare on every access).
+    pages: Vec<Box<[Slot<T>; PAGE_SLOTS]>>,
 }
 
 impl<T> Pages<T> {
@@ -148,7 +151,10 @@ impl<T> Pages<T> {
                 },
                 item: None,
             })
-            .collect();
+            .collect::<Box<[Slot<T>]>>();
+        let Ok(page) = page.try_into() else {
+            unreachable!("a page is built with PAGE_SLOTS slots")
+        };
         self.pages.push(page);
         base as SlotId
     }
@@ -310,10 +316,40 @@ impl<T> LinkedSlab<T> {
 
     /// Moves a linked slot to the head; does nothing for a detached or free slot.
     pub(crate) fn touch(&mut self, id: SlotId) {
-        if self.is_linked(id) && self.head != id {
-            self.unlink(id);
-            self.push_front(id);
+        if self.is_linked(id) {
+            self.move_to_front(id);
         }
+    }
+
+    /// Links an occupied slot at the head, unmarked, whether it was linked
+    /// (anywhere in the list) or detached: what a replace does to its key.
+    /// One pass over the links instead of [`unlink`](Self::unlink) then
+    /// [`push_front`](Self::push_front), which checked and rewrote the
+    /// same slots twice (most of a replace's list work, by callgrind).
+    pub(crate) fn move_to_front(&mut self, id: SlotId) {
+        debug_assert!(self.get(id).is_some());
+        let slot = &mut self.slots[id];
+        let (prev, next) = (slot.prev(), slot.next);
+        if prev == DETACHED {
+            return self.push_front(id);
+        }
+        slot.take_mark();
+        if prev == NIL {
+            return; // already the head
+        }
+        // Linked behind the head: cut it out, then link it before the head.
+        self.slots[prev].next = next;
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next].set_prev(prev);
+        }
+        let old_head = self.head;
+        let slot = &mut self.slots[id];
+        slot.set_prev(NIL);
+        slot.next = old_head;
+        self.slots[old_head].set_prev(id);
+        self.head = id;
     }
 
     /// Sets the reference mark of slot `id` (through a shared reference:
@@ -394,7 +430,7 @@ impl<T> LinkedSlab<T> {
     pub(crate) fn drain(&mut self) -> Vec<T> {
         let items = std::mem::take(&mut self.slots.pages)
             .into_iter()
-            .flat_map(|page| page.into_vec())
+            .flat_map(|page| (page as Box<[Slot<T>]>).into_vec())
             .filter_map(|s| s.item)
             .collect();
         *self = Self::default();
@@ -579,6 +615,20 @@ mod tests {
                     let v = model[next() as usize % model.len()];
                     assert_eq!(slab.remove(ids.remove(&v).unwrap()), Some(v));
                     model.retain(|&x| x != v);
+                }
+                3 if !model.is_empty() && next() % 2 == 0 => {
+                    // A replace: the key moves to the head from anywhere,
+                    // or from detached (a value that was on disk).
+                    let v = model[next() as usize % model.len()];
+                    let id = ids[&v];
+                    if next() % 2 == 0 {
+                        slab.unlink(id);
+                    }
+                    slab.mark(id);
+                    slab.move_to_front(id);
+                    assert!(!slab.is_marked(id), "moved to the head unmarked");
+                    model.retain(|&x| x != v);
+                    model.insert(0, v);
                 }
                 _ => {
                     if let Some(tail) = slab.back() {

@@ -256,6 +256,7 @@ pub(crate) struct WriteGuard<'a, K> {
 
 impl<'a, K> WriteGuard<'a, K> {
     /// Wraps the freshly taken write lock and applies the buffered accesses.
+    #[inline]
     pub(super) fn new(shard: &'a Shard<K>, state: RwLockWriteGuard<'a, State<K>>) -> Self {
         let mut guard = WriteGuard {
             shard,
@@ -637,7 +638,9 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
-                state.slab.unlink(slot);
+                if !matches!(to, Place::Memory { .. }) {
+                    state.slab.unlink(slot);
+                }
                 slot
             }
             None => {
@@ -654,7 +657,8 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         };
         state.counts.recount(len, Place::Absent, to);
         if matches!(to, Place::Memory { .. }) {
-            state.slab.push_front(slot);
+            // Linked or not before (a replaced key may have been on disk).
+            state.slab.move_to_front(slot);
         } else {
             bump(&counters.spills, 1);
             bump(&counters.spilled_bytes, len);
