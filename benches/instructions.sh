@@ -10,13 +10,16 @@
 # Prints the inclusive instruction count of the compare adapter's get (and
 # insert) per call, as called from the workload loop: the store's work plus
 # the adapter's (the key's String for an insert), not the harness's checks.
+# Three seconds, not one: a short run divides one-off costs (the first clone
+# of each value allocates its shared header) over few calls, and counted up
+# about 10 more instructions per hit than a long one here.
 set -euo pipefail
 if [ $# -eq 2 ]; then set -- target/release/spillstore-compare "$@"; fi
 bin=$1 workload=$2 peer=$3
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" "$bin" \
-  --workload "$workload" --threads 1 --peers "$peer" --secs 1 --warmup 0 \
+  --workload "$workload" --threads 1 --peers "$peer" --secs 3 --warmup 0 \
   --reps 1 --limit-secs 0 --dump-root "$out" >/dev/null 2>&1
 callgrind_annotate --tree=caller --inclusive=yes "$out/cg.out" 2>/dev/null | python3 -c '
 import re, sys

@@ -413,6 +413,47 @@ fn spill_files_stay_bounded_under_endless_replacement() {
     s.validate().unwrap();
 }
 
+/// Compaction is woken by the inserts that leave dead records behind, not
+/// only by `quiesce` or `compact` (which compact inline): a replace in memory
+/// skips the check, and one that drops a spill record must still make it.
+#[test]
+fn replacing_spilled_values_wakes_compaction_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = 16 * 1024;
+    let s: SpillStore<u64> = SpillStore::builder()
+        .max_size(16 * 1024)
+        .dump_dir(dir.path().join("dump"))
+        .segment_size(segment)
+        .shards(2)
+        .build()
+        .unwrap();
+    // As in the test above: two keys never replaced per round keep every
+    // segment alive, and churn on 100 others leaves dead records in them.
+    for round in 0..200u64 {
+        for k in [1_000 + 2 * round, 1_001 + 2 * round] {
+            s.insert(k, value(k, 300)).unwrap();
+        }
+        for k in 0..100u64 {
+            s.insert(k, value(k << 16 | round, 300)).unwrap();
+        }
+    }
+    // The pass runs on the compaction thread: wait for it, with no call
+    // that compacts (a liveness bound, not a timing).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.stats().compactions == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction after 20 000 replaces: {:?}",
+            s.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for k in 0..100u64 {
+        assert_eq!(s.get(&k).unwrap().unwrap(), value(k << 16 | 199, 300));
+    }
+    s.validate().unwrap();
+}
+
 /// Linux allows about 65k mappings per process: a mapping per value would
 /// fail long before 200k spilled values. Segments map once per file.
 #[test]

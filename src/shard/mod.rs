@@ -172,14 +172,16 @@ where
         self.budget
     }
 
-    /// Stores `value` under `key`, replacing any previous value.
+    /// Stores `value` under `key`, replacing any previous value. Says
+    /// whether the dump dir changed: a value written, or a spill record
+    /// given up. Only then can its files have become due for compaction.
     pub(crate) fn insert(
         &self,
         key: K,
         hash: u64,
         value: Bytes,
         disk: Option<Disk<'_, K>>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let len = value.len() as u64;
         if len > self.budget {
             // Larger than this shard's share of memory: it goes straight to
@@ -192,15 +194,15 @@ where
             };
             let record = records?.pop().expect("one record per value");
             self.write().store(key, hash, Payload::Disk(record));
-            return Ok(());
+            return Ok(true);
         }
         let (mut guard, found, wrote) = self.lock_with_room(len, Some((&key, hash)), disk)?;
-        guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
+        let dropped = guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
         drop(guard);
         if let (true, Some(disk)) = (wrote, disk) {
             disk.help_clean(self);
         }
-        Ok(())
+        Ok(wrote || dropped)
     }
 
     /// The value of `key` and where it was served from.

@@ -614,14 +614,17 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
     }
 
     /// [`store`](Self::store), given what `State::find(hash, &key)` returned
-    /// under this guard since it last released the lock: `found`.
+    /// under this guard since it last released the lock: `found`. Says
+    /// whether the replaced payload leaves a spill record behind to drop
+    /// (it had one, or it is being written), so that the caller knows the
+    /// dump dir's dead space may have grown.
     pub(super) fn store_found(
         &mut self,
         found: Option<SlotId>,
         key: K,
         hash: u64,
         payload: Payload,
-    ) {
+    ) -> bool {
         let hasher = &self.shard.hasher;
         let (state, garbage, counters) = self.parts();
         debug_assert_eq!(found, state.find(hash, &key), "stale slot");
@@ -632,10 +635,13 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             Payload::Disk(_) => Place::Disk,
         };
         let len = payload.len();
+        let mut drops_record = false;
         let slot = match found {
             Some(slot) => {
                 let from = state.place(slot);
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
+                drops_record = matches!(from, Place::Spilling | Place::Disk)
+                    || matches!(old, Payload::Resident { copy: Some(_), .. });
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
                 if !matches!(to, Place::Memory { .. }) {
@@ -663,6 +669,7 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             bump(&counters.spills, 1);
             bump(&counters.spilled_bytes, len);
         }
+        drops_record
     }
 
     /// any -> absent. Says whether `key` was there.
