@@ -359,6 +359,38 @@ fn the_dump_dir_replaced_under_a_live_store_gives_errors_not_stray_writes() {
     s.validate().unwrap();
 }
 
+/// A store for churn: 16 KiB of memory and 16 KiB segments over two shards,
+/// so that replaced values leave dead records in many small files. Returns
+/// the store and its segment size.
+fn churned_store(dir: &std::path::Path) -> (SpillStore<u64>, u64) {
+    let segment = 16 * 1024;
+    let s = SpillStore::builder()
+        .max_size(16 * 1024)
+        .dump_dir(dir.join("dump"))
+        .segment_size(segment)
+        .shards(2)
+        .build()
+        .unwrap();
+    (s, segment)
+}
+
+/// One round of churn: two new keys that are never replaced (they keep
+/// every segment alive) and a new value for each of keys 0..100. Returns
+/// each key stored with the tag of its value.
+fn churn_round(s: &SpillStore<u64>, round: u64) -> Vec<(u64, u64)> {
+    let mut stored = Vec::new();
+    for k in [1_000 + 2 * round, 1_001 + 2 * round] {
+        stored.push((k, k));
+    }
+    for k in 0..100u64 {
+        stored.push((k, k << 16 | round));
+    }
+    for &(k, tag) in &stored {
+        s.insert(k, value(tag, 300)).unwrap();
+    }
+    stored
+}
+
 /// Replacing values leaves dead records behind, and a few long-lived values
 /// in every segment keep those segments alive: without compaction the files
 /// grow with every spill. Compaction keeps what they occupy within about
@@ -368,27 +400,11 @@ fn the_dump_dir_replaced_under_a_live_store_gives_errors_not_stray_writes() {
 #[test]
 fn spill_files_stay_bounded_under_endless_replacement() {
     let dir = tempfile::tempdir().unwrap();
-    let segment = 16 * 1024;
-    let s: SpillStore<u64> = SpillStore::builder()
-        .max_size(16 * 1024)
-        .dump_dir(dir.path().join("dump"))
-        .segment_size(segment)
-        .shards(2)
-        .build()
-        .unwrap();
+    let (s, segment) = churned_store(dir.path());
     let mut latest = std::collections::HashMap::new();
     let mut spilled_total = 0;
     for round in 0..200u64 {
-        // Two new keys that are never replaced, and churn on 100 others.
-        for k in [1_000 + 2 * round, 1_001 + 2 * round] {
-            s.insert(k, value(k, 300)).unwrap();
-            latest.insert(k, k);
-        }
-        for k in 0..100u64 {
-            let tag = k << 16 | round;
-            s.insert(k, value(tag, 300)).unwrap();
-            latest.insert(k, tag);
-        }
+        latest.extend(churn_round(&s, round));
         // Compaction runs on a background thread: wait for it to catch up.
         s.quiesce();
         let st = s.stats();
@@ -419,23 +435,9 @@ fn spill_files_stay_bounded_under_endless_replacement() {
 #[test]
 fn replacing_spilled_values_wakes_compaction_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let segment = 16 * 1024;
-    let s: SpillStore<u64> = SpillStore::builder()
-        .max_size(16 * 1024)
-        .dump_dir(dir.path().join("dump"))
-        .segment_size(segment)
-        .shards(2)
-        .build()
-        .unwrap();
-    // As in the test above: two keys never replaced per round keep every
-    // segment alive, and churn on 100 others leaves dead records in them.
+    let (s, _) = churned_store(dir.path());
     for round in 0..200u64 {
-        for k in [1_000 + 2 * round, 1_001 + 2 * round] {
-            s.insert(k, value(k, 300)).unwrap();
-        }
-        for k in 0..100u64 {
-            s.insert(k, value(k << 16 | round, 300)).unwrap();
-        }
+        churn_round(&s, round);
     }
     // The pass runs on the compaction thread: wait for it, with no call
     // that compacts (a liveness bound, not a timing).
