@@ -11,7 +11,7 @@
 # insert) per call, as called from the workload loop: the store's work plus
 # the adapter's (the key's String for an insert), not the harness's checks.
 # Three seconds, not one: a short run divides one-off costs (the first clone
-# of each value allocates its shared header) over few calls, and counted up
+# of each value allocates its shared header) over few calls, and counted
 # about 10 more instructions per hit than a long one here.
 set -euo pipefail
 if [ $# -eq 2 ]; then set -- target/release/spillstore-compare "$@"; fi
