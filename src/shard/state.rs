@@ -640,8 +640,10 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             Some(slot) => {
                 let from = state.place(slot);
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
-                drops_record = matches!(from, Place::Spilling | Place::Disk)
-                    || matches!(old, Payload::Resident { copy: Some(_), .. });
+                drops_record = matches!(
+                    from,
+                    Place::Memory { copy: true } | Place::Spilling | Place::Disk
+                );
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
                 if !matches!(to, Place::Memory { .. }) {
