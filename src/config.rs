@@ -220,8 +220,10 @@ impl<K> Builder<K> {
     ///   only sets a reference mark on its entry (one relaxed store, none if
     ///   the mark is set already), under the shard's read lock: hits from
     ///   many threads never queue, count or serialize behind each other.
-    ///   Inserts and values read back from disk enter at the head of the
-    ///   list. To make room, the shard walks from the tail: an entry marked
+    ///   New keys and values read back from disk enter at the head of the
+    ///   list; a value in memory replaced by an insert keeps its place and
+    ///   gets the mark, as a hit would. To make room, the shard walks from
+    ///   the tail: an entry marked
     ///   since it last passed there loses its mark and goes back to the head
     ///   (a second chance); the first unmarked entry is the victim. So an
     ///   entry read since it last passed the tail is never evicted while an

@@ -355,7 +355,6 @@ impl<T> LinkedSlab<T> {
     /// Sets the reference mark of slot `id` (through a shared reference:
     /// one relaxed load, and a relaxed store only if it was not set).
     /// Does nothing for an id beyond the slab.
-    #[cfg(test)]
     pub(crate) fn mark(&self, id: SlotId) {
         if let Some(slot) = self.slots.get(id) {
             slot.mark();

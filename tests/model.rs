@@ -100,6 +100,16 @@ impl Lru {
         self.marked.remove(&k);
     }
 
+    /// An insert of `k`, after `make_room`: at the head, except that with
+    /// CLOCK a resident key keeps its place and is marked, like a hit.
+    fn store(&mut self, k: u8) {
+        if !self.exact && self.resident.contains(&k) {
+            self.marked.insert(k);
+        } else {
+            self.make_most_recent(k);
+        }
+    }
+
     /// A memory hit on resident `k`.
     fn hit(&mut self, k: u8) {
         if self.exact {
@@ -160,7 +170,7 @@ fn run(
                     if ordered {
                         lru.make_room(&model, budget, len, Some(k));
                         model.insert(k, v);
-                        lru.make_most_recent(k);
+                        lru.store(k);
                     } else {
                         model.insert(k, v);
                     }

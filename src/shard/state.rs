@@ -607,7 +607,9 @@ impl<'a, K> WriteGuard<'a, K> {
 impl<K: Hash + Eq> WriteGuard<'_, K> {
     /// absent or any -> memory (a resident payload, at the LRU head; the
     /// caller made room) or disk (a value just written, larger than the
-    /// shard's share). A replaced payload goes to the garbage.
+    /// shard's share). A replaced payload goes to the garbage. With CLOCK,
+    /// a value in memory replaced by a resident one keeps its place in the
+    /// list instead, and gets the reference mark.
     pub(super) fn store(&mut self, key: K, hash: u64, payload: Payload) {
         let found = self.state().find(hash, &key);
         self.store_found(found, key, hash, payload);
@@ -626,6 +628,7 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         payload: Payload,
     ) -> bool {
         let hasher = &self.shard.hasher;
+        let exact = self.shard.exact_lru;
         let (state, garbage, counters) = self.parts();
         debug_assert_eq!(found, state.find(hash, &key), "stale slot");
         let to = match &payload {
@@ -636,9 +639,16 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         };
         let len = payload.len();
         let mut drops_record = false;
+        let mut keeps_place = false;
         let slot = match found {
             Some(slot) => {
                 let from = state.place(slot);
+                // CLOCK: a resident value replaced by a resident one stays
+                // where it is, marked as a hit would mark it (a write is a
+                // use). Moving it to the head touched two more slots, the
+                // neighbours it left, which a replace otherwise never reads.
+                keeps_place =
+                    !exact && matches!((from, to), (Place::Memory { .. }, Place::Memory { .. }));
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
                 drops_record = matches!(
                     from,
@@ -664,7 +674,9 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             }
         };
         state.counts.recount(len, Place::Absent, to);
-        if matches!(to, Place::Memory { .. }) {
+        if keeps_place {
+            state.slab.mark(slot);
+        } else if matches!(to, Place::Memory { .. }) {
             // Linked or not before (a replaced key may have been on disk).
             state.slab.move_to_front(slot);
         } else {
