@@ -112,6 +112,7 @@ pub(super) struct Garbage {
 }
 
 impl Garbage {
+    #[inline]
     pub(super) fn take(&mut self, payload: Payload) {
         if self.first.is_none() {
             self.first = Some(payload);
@@ -156,6 +157,7 @@ impl Garbage {
     /// drain of `rest` moved each payload through them and cost a replace
     /// about 100 instructions (callgrind, the compare tool's `mixed`).
     pub(super) fn free(&mut self, spares: &Spares) {
+        #[inline]
         fn free_one(payload: Payload, spares: &Spares) {
             if let Payload::Resident { value, .. } = payload {
                 spares.keep(value);
