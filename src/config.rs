@@ -223,12 +223,12 @@ impl<K> Builder<K> {
     ///   New keys and values read back from disk enter at the head of the
     ///   list; a value in memory replaced by an insert keeps its place and
     ///   gets the mark, as a hit would. To make room, the shard walks from
-    ///   the tail: an entry marked
-    ///   since it last passed there loses its mark and goes back to the head
-    ///   (a second chance); the first unmarked entry is the victim. So an
-    ///   entry read since it last passed the tail is never evicted while an
-    ///   unmarked resident entry is behind it, and a value that was never
-    ///   read again leaves in insertion order, as in exact LRU.
+    ///   the tail: an entry marked since it last passed there loses its
+    ///   mark and goes back to the head (a second chance); the first
+    ///   unmarked entry is the victim. So an entry read since it last
+    ///   passed the tail is never evicted while an unmarked resident entry
+    ///   is behind it, and a value neither read nor replaced again leaves
+    ///   in insertion order, as in exact LRU.
     ///
     ///   A spilled value of 256 KiB or more comes back into memory on its
     ///   second read within its shard's share of `max_size` (counted in

@@ -37,10 +37,11 @@
 //! tail. By default recency is approximate (CLOCK): a memory hit takes only
 //! the read lock and sets a reference mark in its slot (one relaxed store,
 //! none if already set), a replace of a value in memory marks it in place,
-//! and the eviction hand gives marked entries a second chance at the head. So hits cost what an in-memory cache's do and scale
-//! with threads. `Builder::exact_lru(true)` keeps the seed's exact LRU order
-//! instead: hits are recorded in a small per-thread buffer that the next
-//! writer applies before it picks victims.
+//! and the eviction hand gives marked entries a second chance at the head.
+//! So hits cost what an in-memory cache's do and scale with threads.
+//! `Builder::exact_lru(true)` keeps the seed's exact LRU order instead:
+//! hits are recorded in a small per-thread buffer that the next writer
+//! applies before it picks victims.
 //!
 //! **Spill lifecycle.** An insert that does not fit picks victims from the
 //! LRU tail under the lock, marks them *spilling* (still readable from

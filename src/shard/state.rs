@@ -647,8 +647,9 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
                 let from = state.place(slot);
                 // CLOCK: a resident value replaced by a resident one stays
                 // where it is, marked as a hit would mark it (a write is a
-                // use). Moving it to the head touched two more slots, the
-                // neighbours it left, which a replace otherwise never reads.
+                // use). Moving it to the head touched three more slots
+                // (the neighbours it left and the old head), which a
+                // replace otherwise never reads.
                 keeps_place =
                     !exact && matches!((from, to), (Place::Memory { .. }, Place::Memory { .. }));
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
