@@ -640,29 +640,13 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             Payload::Disk(_) => Place::Disk,
         };
         let len = payload.len();
-        let mut drops_record = false;
-        let mut keeps_place = false;
-        let slot = match found {
+        let (slot, from) = match found {
             Some(slot) => {
                 let from = state.place(slot);
-                // CLOCK: a resident value replaced by a resident one stays
-                // where it is, marked as a hit would mark it (a write is a
-                // use). Moving it to the head touched three more slots
-                // (the neighbours it left and the old head), which a
-                // replace otherwise never reads.
-                keeps_place =
-                    !exact && matches!((from, to), (Place::Memory { .. }, Place::Memory { .. }));
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
-                drops_record = matches!(
-                    from,
-                    Place::Memory { copy: true } | Place::Spilling | Place::Disk
-                );
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
-                if !matches!(to, Place::Memory { .. }) {
-                    state.slab.unlink(slot);
-                }
-                slot
+                (slot, from)
             }
             None => {
                 let slot = state
@@ -673,20 +657,29 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
                 state.index.insert_unique(hash, slot, |&s| {
                     hasher.hash_one(&slab.get(s).expect("indexed slot is occupied").key)
                 });
-                slot
+                (slot, Place::Absent)
             }
         };
         state.counts.recount(len, Place::Absent, to);
-        if keeps_place {
-            state.slab.mark(slot);
-        } else if matches!(to, Place::Memory { .. }) {
+        match (from, to) {
+            // CLOCK: a resident value replaced by a resident one stays where
+            // it is, marked as a hit would mark it (a write is a use).
+            // Moving it to the head touched three more slots (the
+            // neighbours it left and the old head), which a replace
+            // otherwise never reads.
+            (Place::Memory { .. }, Place::Memory { .. }) if !exact => state.slab.mark(slot),
             // Linked or not before (a replaced key may have been on disk).
-            state.slab.move_to_front(slot);
-        } else {
-            bump(&counters.spills, 1);
-            bump(&counters.spilled_bytes, len);
+            (_, Place::Memory { .. }) => state.slab.move_to_front(slot),
+            _ => {
+                state.slab.unlink(slot);
+                bump(&counters.spills, 1);
+                bump(&counters.spilled_bytes, len);
+            }
         }
-        drops_record
+        matches!(
+            from,
+            Place::Memory { copy: true } | Place::Spilling | Place::Disk
+        )
     }
 
     /// any -> absent. Says whether `key` was there.
