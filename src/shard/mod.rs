@@ -198,8 +198,10 @@ where
         }
         let mut guard = self.write();
         let (found, wrote) = self.make_room(&mut guard, len, Some((&key, hash)), disk)?;
-        let dropped = guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
+        let (dropped, spare_key) =
+            guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
         drop(guard);
+        drop(spare_key);
         if let (true, Some(disk)) = (wrote, disk) {
             disk.help_clean(self);
         }

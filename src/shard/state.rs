@@ -621,14 +621,16 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
     /// under this guard since it last released the lock: `found`. Says
     /// whether the replaced payload leaves a spill record behind to drop
     /// (it had one, or it is being written), so that the caller knows the
-    /// dump dir's dead space may have grown.
+    /// dump dir's dead space may have grown. Returns `key` too when the
+    /// entry kept its own, for the caller to drop after the lock: freeing
+    /// a `String` key was a twelfth of a replace, all of it under the lock.
     pub(super) fn store_found(
         &mut self,
         found: Option<SlotId>,
         key: K,
         hash: u64,
         payload: Payload,
-    ) -> bool {
+    ) -> (bool, Option<K>) {
         let hasher = &self.shard.hasher;
         let exact = self.shard.exact_lru;
         let (state, garbage, counters) = self.parts();
@@ -640,12 +642,14 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             Payload::Disk(_) => Place::Disk,
         };
         let len = payload.len();
+        let mut spare_key = None;
         let (slot, from) = match found {
             Some(slot) => {
                 let from = state.place(slot);
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
+                spare_key = Some(key);
                 (slot, from)
             }
             None => {
@@ -676,10 +680,11 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
                 bump(&counters.spilled_bytes, len);
             }
         }
-        matches!(
+        let dropped = matches!(
             from,
             Place::Memory { copy: true } | Place::Spilling | Place::Disk
-        )
+        );
+        (dropped, spare_key)
     }
 
     /// any -> absent. Says whether `key` was there.
