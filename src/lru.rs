@@ -40,6 +40,13 @@ pub(crate) const MAX_SLOTS: usize = DETACHED as usize;
 /// Slots per page (a power of two).
 const PAGE_SLOTS: usize = 256;
 
+/// In declaration order, the links first: a hit reads the mark in `prev`
+/// and then the item's first bytes (the shard's key and value), so these
+/// lie together. With the item first, the mark sat at the end of the slot,
+/// on a second cache line that nearly every hit had to load: callgrind's
+/// cache simulation of the compare tool's `hot-get` counted 1.57 L1 misses
+/// per hit on the slot before, 1.33 after.
+#[repr(C)]
 struct Slot<T> {
     /// Low 31 bits: towards the head; `DETACHED` while not linked; free
     /// slots keep `DETACHED`. Top bit: the reference mark. Atomic only so

@@ -60,7 +60,11 @@ use crate::spill::{Record, RecordReader};
 use crate::stats::{bump, Counters};
 use crate::sync::{lock_tracking, RwLockWriteGuard};
 
-/// A stored key and its value's state.
+/// A stored key and its value's state. In declaration order, key first:
+/// a hit reads the slot's mark, the key and the value (at the payload's
+/// start), which with a `String` key then lie in the first 64 of the slot's
+/// 80 bytes (see `Slot`).
+#[repr(C)]
 pub(crate) struct Entry<K> {
     pub(super) key: K,
     pub(super) payload: Payload,
