@@ -162,8 +162,9 @@ impl<K: Hash + Eq> Shard<K> {
             return Err((key, value));
         }
         self.ask_spiller(guard.state(), len, 1, spiller);
-        guard.store(key, hash, Payload::Resident { value, copy: None });
+        let spare_key = guard.store(key, hash, Payload::Resident { value, copy: None });
         hand_over_records(guard, dir);
+        drop(spare_key);
         Ok(())
     }
 

@@ -193,7 +193,8 @@ where
                 written => written,
             };
             let record = records?.pop().expect("one record per value");
-            self.write().store(key, hash, Payload::Disk(record));
+            let spare_key = self.write().store(key, hash, Payload::Disk(record));
+            drop(spare_key); // after the guard, a temporary of the line above
             return Ok(true);
         }
         let mut guard = self.write();
@@ -671,7 +672,8 @@ mod tests {
         let shard: Shard<u32> = Shard::new(100, 0, ahash::RandomState::new(), false);
         let record = spill.write(&[Bytes::from_static(b"v")]).unwrap().pop();
         let mut guard = shard.write();
-        guard.store(1, 1, Payload::Disk(record.unwrap()));
+        let spare_key = guard.store(1, 1, Payload::Disk(record.unwrap()));
+        assert_eq!(spare_key, None, "a new entry keeps the key it was given");
         assert!(guard.remove(&1, 1));
         assert_eq!(spill.usage().files, 1, "the record waits in the garbage");
         drop(guard);

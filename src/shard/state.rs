@@ -625,10 +625,13 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
     /// caller made room) or disk (a value just written, larger than the
     /// shard's share). A replaced payload goes to the garbage. With CLOCK,
     /// a value in memory replaced by a resident one keeps its place in the
-    /// list instead, and gets the reference mark.
-    pub(super) fn store(&mut self, key: K, hash: u64, payload: Payload) {
+    /// list instead, and gets the reference mark. Returns `key` when the
+    /// entry kept its own, for the caller to drop after the lock (see
+    /// [`store_found`](Self::store_found)).
+    #[must_use = "drop the spare key after the guard, not under the lock"]
+    pub(super) fn store(&mut self, key: K, hash: u64, payload: Payload) -> Option<K> {
         let found = self.state().find(hash, &key);
-        self.store_found(found, key, hash, payload);
+        self.store_found(found, key, hash, payload).1
     }
 
     /// [`store`](Self::store), given what `State::find(hash, &key)` returned
