@@ -288,9 +288,10 @@ impl<'a, K> WriteGuard<'a, K> {
     /// Applies the hits buffered for exact LRU to the list.
     #[inline(never)]
     fn replay_accesses(&mut self) {
-        let frontier = self.shard.frontier_slot();
-        let state = self.state.as_mut().expect("the guard holds the lock");
-        self.shard.accesses.replay(|slot| {
+        let shard = self.shard;
+        let frontier = shard.frontier_slot();
+        let state = self.state();
+        shard.accesses.replay(|slot| {
             if slot == frontier {
                 state.evictions.frontier_moves += 1;
             }
@@ -659,15 +660,13 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             Payload::Disk(_) => Place::Disk,
         };
         let len = payload.len();
-        let mut spare_key = None;
-        let (slot, from) = match found {
+        let (slot, from, spare_key) = match found {
             Some(slot) => {
                 let from = state.place(slot);
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
-                spare_key = Some(key);
-                (slot, from)
+                (slot, from, Some(key))
             }
             None => {
                 let slot = state
@@ -678,7 +677,7 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
                 state.index.insert_unique(hash, slot, |&s| {
                     hasher.hash_one(&slab.get(s).expect("indexed slot is occupied").key)
                 });
-                (slot, Place::Absent)
+                (slot, Place::Absent, None)
             }
         };
         state.counts.recount(len, Place::Absent, to);
