@@ -197,11 +197,15 @@ where
             drop(spare_key); // after the guard, a temporary of the line above
             return Ok(true);
         }
-        let mut guard = self.write();
-        let (found, wrote) = self.make_room(&mut guard, len, Some((&key, hash)), disk)?;
-        let (dropped, spare_key) =
-            guard.store_found(found, key, hash, Payload::Resident { value, copy: None });
-        drop(guard);
+        // The guard ends with its block, dropped where it lies: moving it
+        // into `drop` copied its hundred bytes first.
+        let (wrote, dropped, spare_key) = {
+            let mut guard = self.write();
+            let (found, wrote) = self.make_room(&mut guard, len, Some((&key, hash)), disk)?;
+            let value = Payload::Resident { value, copy: None };
+            let (dropped, spare_key) = guard.store_found(found, key, hash, value);
+            (wrote, dropped, spare_key)
+        };
         drop(spare_key);
         if let (true, Some(disk)) = (wrote, disk) {
             disk.help_clean(self);

@@ -663,6 +663,23 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         let (slot, from, spare_key) = match found {
             Some(slot) => {
                 let from = state.place(slot);
+                if let (Place::Memory { copy }, Place::Memory { .. }, false) = (from, to, exact) {
+                    // CLOCK: a resident value replaced by a resident one
+                    // stays where it is, marked as a hit would mark it (a
+                    // write is a use). Moving it to the head touched three
+                    // more slots (the neighbours it left and the old head),
+                    // which a replace otherwise never reads. The most common
+                    // replace, so on its own: with `from` and `to` known, the
+                    // counting folds into a few instructions (the general
+                    // path cost it 35 more; callgrind, the compare tool's
+                    // `mixed`).
+                    let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
+                    state.counts.recount(old.len(), from, Place::Absent);
+                    state.counts.recount(len, Place::Absent, to);
+                    state.slab.mark(slot);
+                    garbage.take(old);
+                    return (copy, Some(key));
+                }
                 let old = std::mem::replace(&mut state.entry_mut(slot).payload, payload);
                 state.counts.recount(old.len(), from, Place::Absent);
                 garbage.take(old);
@@ -681,15 +698,9 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             }
         };
         state.counts.recount(len, Place::Absent, to);
-        match (from, to) {
-            // CLOCK: a resident value replaced by a resident one stays where
-            // it is, marked as a hit would mark it (a write is a use).
-            // Moving it to the head touched three more slots (the
-            // neighbours it left and the old head), which a replace
-            // otherwise never reads.
-            (Place::Memory { .. }, Place::Memory { .. }) if !exact => state.slab.mark(slot),
+        match to {
             // Linked or not before (a replaced key may have been on disk).
-            (_, Place::Memory { .. }) => state.slab.move_to_front(slot),
+            Place::Memory { .. } => state.slab.move_to_front(slot),
             _ => {
                 state.slab.unlink(slot);
                 bump(&counters.spills, 1);
