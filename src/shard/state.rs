@@ -161,7 +161,9 @@ impl Garbage {
     /// drain of `rest` moved each payload through them and cost a replace
     /// about 100 instructions (callgrind, the compare tool's `mixed`).
     pub(super) fn free(&mut self, spares: &Spares) {
-        #[inline]
+        // Always: left to the compiler it stayed a call, which copied the
+        // payload through the stack and cost a replace 13 instructions.
+        #[inline(always)]
         fn free_one(payload: Payload, spares: &Spares) {
             if let Payload::Resident { value, .. } = payload {
                 spares.keep(value);
@@ -263,34 +265,42 @@ pub(crate) struct WriteGuard<'a, K> {
 impl<'a, K> WriteGuard<'a, K> {
     /// Wraps the freshly taken write lock and applies the buffered accesses.
     #[inline]
-    pub(super) fn new(shard: &'a Shard<K>, state: RwLockWriteGuard<'a, State<K>>) -> Self {
-        let mut guard = WriteGuard {
+    pub(super) fn new(shard: &'a Shard<K>, mut state: RwLockWriteGuard<'a, State<K>>) -> Self {
+        Self::taken(shard, &mut state);
+        // Built whole after the replay, which then never sees the guard: a
+        // guard lent to it had to be built in memory and then moved, a copy
+        // of its hundred bytes on every insert.
+        WriteGuard {
             shard,
-            state: None,
+            state: Some(state),
             garbage: Garbage::default(),
-        };
-        guard.adopt(state);
-        guard
+        }
     }
 
-    /// Inlined, with exact LRU's replay out of line: as a call, this cost
-    /// every insert about 20 instructions (callgrind, `mixed`).
+    /// Takes back the lock [`release`](Self::release) gave up.
     #[inline]
-    fn adopt(&mut self, state: RwLockWriteGuard<'a, State<K>>) {
+    fn adopt(&mut self, mut state: RwLockWriteGuard<'a, State<K>>) {
         debug_assert!(self.state.is_none());
-        lock_tracking::taken();
+        Self::taken(self.shard, &mut state);
         self.state = Some(state);
-        if self.shard.exact_lru {
-            self.replay_accesses();
+    }
+
+    /// What follows taking the lock: tracking it, and with exact LRU
+    /// applying the buffered hits. Inlined, with the replay out of line:
+    /// as a call, this cost every insert about 20 instructions (callgrind,
+    /// `mixed`).
+    #[inline]
+    fn taken(shard: &Shard<K>, state: &mut State<K>) {
+        lock_tracking::taken();
+        if shard.exact_lru {
+            Self::replay_accesses(shard, state);
         }
     }
 
     /// Applies the hits buffered for exact LRU to the list.
     #[inline(never)]
-    fn replay_accesses(&mut self) {
-        let shard = self.shard;
+    fn replay_accesses(shard: &Shard<K>, state: &mut State<K>) {
         let frontier = shard.frontier_slot();
-        let state = self.state();
         shard.accesses.replay(|slot| {
             if slot == frontier {
                 state.evictions.frontier_moves += 1;
