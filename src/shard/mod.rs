@@ -684,4 +684,43 @@ mod tests {
         assert_eq!(spill.usage().files, 0, "freed with the guard");
         shard.validate().unwrap();
     }
+
+    /// A replace in memory (the default policy's own path in `store_found`)
+    /// says whether it left a spill record behind: only when the value it
+    /// replaced kept its disk copy. The entry keeps its key and hands back
+    /// the one it was given, and the copy is freed with the guard.
+    #[test]
+    fn a_replace_in_memory_reports_the_copy_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = spill_dir(&dir);
+        let shard: Shard<u32> = Shard::new(100, 0, ahash::RandomState::new(), false);
+        let value = Bytes::from_static(b"v");
+        let record = spill.write(std::slice::from_ref(&value)).unwrap().pop();
+        let hash = shard.hasher.hash_one(1);
+        let mut guard = shard.write();
+        let copy = Payload::Resident {
+            value,
+            copy: record,
+        };
+        assert_eq!(guard.store(1, hash, copy), None);
+        let found = guard.state().find(hash, &1);
+        let fresh = Payload::Resident {
+            value: Bytes::from_static(b"second"),
+            copy: None,
+        };
+        assert_eq!(guard.store_found(found, 1, hash, fresh), (true, Some(1)));
+        let found = guard.state().find(hash, &1);
+        let fresh = Payload::Resident {
+            value: Bytes::from_static(b"third"),
+            copy: None,
+        };
+        assert_eq!(guard.store_found(found, 1, hash, fresh), (false, Some(1)));
+        assert_eq!(spill.usage().files, 1, "the copy waits in the garbage");
+        drop(guard);
+        assert_eq!(spill.usage().files, 0, "freed with the guard");
+        shard.validate().unwrap();
+        let mut stats = Stats::default();
+        shard.add_stats(&mut stats);
+        assert_eq!((stats.entries, stats.memory_bytes), (1, 5));
+    }
 }
