@@ -175,6 +175,9 @@ where
     /// Stores `value` under `key`, replacing any previous value. Says
     /// whether the dump dir changed: a value written, or a spill record
     /// given up. Only then can its files have become due for compaction.
+    /// Inlined into its one caller: left to the compiler, it became a call
+    /// (and the hashing too) once `SpillStore::get` was inlined elsewhere.
+    #[inline]
     pub(crate) fn insert(
         &self,
         key: K,

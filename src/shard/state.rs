@@ -160,6 +160,10 @@ impl Garbage {
     /// No iterator adaptors over the payloads: chaining `first` with a
     /// drain of `rest` moved each payload through them and cost a replace
     /// about 100 instructions (callgrind, the compare tool's `mixed`).
+    /// Inlined into the guard's release, which then knows `first` is empty
+    /// and drops the garbage without calling its drop glue (a replace ran
+    /// about 10 instructions more without).
+    #[inline]
     pub(super) fn free(&mut self, spares: &Spares) {
         // Always: left to the compiler it stayed a call, which copied the
         // payload through the stack and cost a replace 13 instructions.
