@@ -15,7 +15,7 @@ use crate::config::{Builder, Config};
 use crate::error::{Error, LimitKind};
 #[cfg(feature = "tokio")]
 use crate::shard::Probe;
-use crate::shard::{Disk, Frontier, Lookup, Shard};
+use crate::shard::{Disk, Frontier, Shard};
 use crate::spill::{RecordReader, SpillDir};
 use crate::stats::Stats;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -514,11 +514,13 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (shard, hash) = self.route(key);
-        match shard.lookup(key, hash) {
-            Lookup::Memory(value) => Ok(Some(value)),
-            Lookup::Absent => Ok(None),
-            Lookup::Disk(reader) => self.reload_value(shard, key, hash, reader),
-        }
+        shard.lookup(
+            key,
+            hash,
+            |value| Ok(Some(value)),
+            || Ok(None),
+            |reader| self.reload_value(shard, key, hash, reader),
+        )
     }
 
     /// The rest of [`get`](Self::get) for a value on disk, out of line so

@@ -24,7 +24,7 @@ use std::hash::Hash;
 use bytes::Bytes;
 
 use super::state::{Payload, State, WriteGuard};
-use super::{Lookup, Shard};
+use super::Shard;
 use crate::background::Waker;
 use crate::error::Error;
 use crate::lru::SlotId;
@@ -58,11 +58,14 @@ impl<K: Hash + Eq> Shard<K> {
             return Probe::Busy;
         };
         // `get`'s own first half, bookkeeping included.
-        match self.lookup_locked(state, key, hash) {
-            Lookup::Memory(value) => Probe::Resident(value),
-            Lookup::Absent => Probe::Absent,
-            Lookup::Disk(_) => Probe::OnDisk,
-        }
+        self.lookup_locked(
+            state,
+            key,
+            hash,
+            Probe::Resident,
+            || Probe::Absent,
+            |_| Probe::OnDisk,
+        )
     }
 
     /// [`Shard::get`] of a value on disk, if it needs no I/O: the record is
