@@ -68,7 +68,7 @@ impl AccessLog {
     /// if it can take the write lock without waiting, or else let it go.
     pub(crate) fn record(&self, slot: SlotId) -> bool {
         let number = thread_number();
-        self.count(number);
+        self.count(number.unwrap_or(NO_NUMBER));
         // Queues take any number of producers: threads beyond the stripes
         // share them.
         let stripe = &self.stripes[number.unwrap_or(0) & (self.stripes.len() - 1)];
@@ -79,13 +79,17 @@ impl AccessLog {
     /// calling thread's own stripe, so threads do not contend.
     #[inline]
     pub(crate) fn count_hit(&self) {
-        self.count(thread_number());
+        self.count(HELD.get());
     }
 
-    /// Counts a hit of the thread numbered `number`.
+    /// Counts a hit of the thread numbered `number`: [`NO_NUMBER`] for one
+    /// that holds none. Only a bounds check stands before the count: the
+    /// number read as an index (with the number plus one in `HELD`, and a
+    /// test for none, a hit ran 2 instructions more; `benches/instructions.sh
+    /// hot-get spillstore`).
     #[inline]
-    fn count(&self, number: Option<usize>) {
-        match number.and_then(|n| self.stripes.get(n)) {
+    fn count(&self, number: usize) {
+        match self.stripes.get(number) {
             // Under shuttle every modelled thread shares one OS thread and
             // so one number: it must add atomically.
             Some(stripe) if !cfg!(shuttle) => {
@@ -97,10 +101,20 @@ impl AccessLog {
                 let hits = stripe.hits.load(Ordering::Relaxed);
                 stripe.hits.store(hits + 1, Ordering::Relaxed);
             }
-            _ => {
-                self.shared_hits.fetch_add(1, Ordering::Relaxed);
-            }
+            _ => self.count_off_stripe(),
         }
+    }
+
+    /// A hit of a thread without a stripe of its own. On the thread's first
+    /// hit it takes its number and counts on its stripe; beyond the
+    /// stripes, during its teardown and under shuttle it adds to the
+    /// shared counter.
+    #[cold]
+    fn count_off_stripe(&self) {
+        if HELD.get() == NO_NUMBER && take_thread_number().is_some() {
+            return self.count(HELD.get());
+        }
+        self.shared_hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hands every queued slot to `apply`, stripe by stripe, each in the
@@ -150,18 +164,21 @@ fn stripe_count() -> usize {
 #[inline]
 fn thread_number() -> Option<usize> {
     match HELD.get() {
-        0 => take_thread_number(),
-        held => Some(held - 1),
+        NO_NUMBER => take_thread_number(),
+        held => Some(held),
     }
 }
 
+/// What [`HELD`] holds while the thread holds no number: no stripe's index.
+const NO_NUMBER: usize = usize::MAX;
+
 thread_local! {
-    /// The calling thread's number plus one while it holds one, else 0:
-    /// what [`thread_number`] reads on every hit. A constant-initialised
-    /// cell without a destructor, so reading it costs no check of a lazy
-    /// initialisation's state, and it stays readable during the thread's
-    /// teardown (the number's destructor clears it).
-    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The calling thread's number while it holds one, else [`NO_NUMBER`]:
+    /// what a hit reads. A constant-initialised cell without a destructor,
+    /// so reading it costs no check of a lazy initialisation's state, and
+    /// it stays readable during the thread's teardown (the number's
+    /// destructor clears it).
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(NO_NUMBER) };
 }
 
 /// The slow half of [`thread_number`]: takes the thread's number on its
@@ -180,7 +197,7 @@ fn take_thread_number() -> Option<usize> {
             // Forgotten before it is given back: from here on this thread
             // counts on the shared counter, never on a stripe another
             // thread may take.
-            HELD.set(0);
+            HELD.set(NO_NUMBER);
             FREE.lock().unwrap_or_else(|e| e.into_inner()).push(self.0);
         }
     }
@@ -198,7 +215,7 @@ fn take_thread_number() -> Option<usize> {
         static NUMBER: Number = take();
     }
     let number = NUMBER.try_with(|n| n.0).ok()?;
-    HELD.set(number + 1);
+    HELD.set(number);
     Some(number)
 }
 
