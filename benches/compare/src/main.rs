@@ -88,6 +88,13 @@ struct Cli {
     /// Seconds per machine-limit measurement (0 skips them).
     #[arg(long, default_value_t = 1.0)]
     limit_secs: f64,
+    /// Cut each repetition of the in-memory cells (hot-get, mixed) into
+    /// windows of this many milliseconds, the stores taking turns window
+    /// by window (0: one window per store and repetition). On a shared
+    /// machine whose speed drifts within seconds, short turns put every
+    /// store under the same drift.
+    #[arg(long, default_value_t = 0)]
+    slice_ms: u64,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -232,8 +239,11 @@ struct TurnTaker {
 /// order. A drift in a shared machine's speed then hits every store of a
 /// repetition alike, and the ratio of two stores is taken per repetition
 /// (see [`paired_ops_ratio`]), not between figures measured a minute apart.
-/// One store is simply run on its own. A store that fails gets an error
-/// row in the table and takes no more turns. Results come in `peers` order.
+/// With `--slice-ms`, the stores take turns within each repetition too,
+/// in windows that short, so that a drift lasting a second hits them
+/// alike as well. One store is simply run on its own. A store that fails
+/// gets an error row in the table and takes no more turns. Results come
+/// in `peers` order.
 fn run_turns(
     cli: &Cli,
     spec: &CellSpec,
@@ -273,23 +283,56 @@ fn run_turns(
             Err(e) => results.push(error_result(peer, spec, &e)),
         }
     }
+    // Without slices a repetition is one window per store; with them, its
+    // `secs` are cut into windows of `slice_ms`, and the stores take turns
+    // slice by slice (the first to go rotating), each adding up its own.
+    let window = Duration::from_secs_f64(cli.secs);
+    let (slices, slice) = match cli.slice_ms {
+        0 => (1, window),
+        _ if takers.len() < 2 => (1, window),
+        ms => {
+            let slice = Duration::from_millis(ms).min(window);
+            (
+                window.div_duration_f64(slice).round().max(1.0) as usize,
+                slice,
+            )
+        }
+    };
     for rep in 0..cli.reps.max(1) {
         eprintln!("  repetition {} of {}", rep + 1, cli.reps.max(1));
-        let window = Duration::from_secs_f64(cli.secs);
-        takers.retain_mut(|t| {
-            let reloads_before = t.store.reloads();
-            match workload::run_window(t.store.as_ref(), cell, &mut t.states, window) {
-                Ok((c, elapsed)) => {
-                    let reloads = t.store.reloads();
-                    t.reps
-                        .push(rep_of(c, elapsed, reloads_before, reloads, spec.value_size));
-                    true
+        let mut sums = vec![(Counters::default(), Duration::ZERO); takers.len()];
+        let before: Vec<Option<u64>> = takers.iter().map(|t| t.store.reloads()).collect();
+        let mut failed: Vec<Option<anyhow::Error>> = takers.iter().map(|_| None).collect();
+        for i in 0..slices {
+            for k in 0..takers.len() {
+                let j = (i + k) % takers.len();
+                if failed[j].is_some() {
+                    continue;
                 }
-                Err(e) => {
-                    results.push(error_result(t.peer, spec, &e));
-                    false
+                let t = &mut takers[j];
+                match workload::run_window(t.store.as_ref(), cell, &mut t.states, slice) {
+                    Ok((c, elapsed)) => {
+                        sums[j].0.add(&c);
+                        sums[j].1 += elapsed;
+                    }
+                    Err(e) => failed[j] = Some(e),
                 }
             }
+        }
+        let mut j = 0;
+        takers.retain_mut(|t| {
+            let (c, elapsed) = sums[j];
+            let outcome = failed[j].take();
+            let reloads_before = before[j];
+            j += 1;
+            if let Some(e) = outcome {
+                results.push(error_result(t.peer, spec, &e));
+                return false;
+            }
+            let reloads = t.store.reloads();
+            t.reps
+                .push(rep_of(c, elapsed, reloads_before, reloads, spec.value_size));
+            true
         });
     }
     for t in takers {
@@ -554,8 +597,12 @@ fn print_header(info: &MachineInfo, cli: &Cli, budget: u64, dump_root: &Path) {
     println!(
         "- quick_cache and moka are caches: beyond the budget they drop data; their hit ratio says how much"
     );
+    let turns = match cli.slice_ms {
+        0 => "each repetition running every store once".to_owned(),
+        ms => format!("within each repetition, in windows of {ms} ms"),
+    };
     println!(
-        "- hot-get and mixed: the stores of a cell take turns, each repetition running every store once; their 'vs spillstore' is the median of the per-repetition ratios"
+        "- hot-get and mixed: the stores of a cell take turns, {turns}; their 'vs spillstore' is the median of the per-repetition ratios"
     );
     println!();
 }
