@@ -234,6 +234,26 @@ struct TurnTaker {
     reps: Vec<Rep>,
 }
 
+/// What one store did in one repetition, added up over its windows.
+struct Turn {
+    counters: Counters,
+    elapsed: Duration,
+    reloads_before: Option<u64>,
+    /// The first error of its windows: it takes no more of them.
+    error: Option<anyhow::Error>,
+}
+
+impl Turn {
+    fn new(reloads_before: Option<u64>) -> Self {
+        Turn {
+            counters: Counters::default(),
+            elapsed: Duration::ZERO,
+            reloads_before,
+            error: None,
+        }
+    }
+}
+
 /// Runs the stores `peers` of a cell in turns: all are built, preloaded and
 /// warmed up first, then each repetition runs every store once, in `peers`
 /// order. A drift in a shared machine's speed then hits every store of a
@@ -300,40 +320,46 @@ fn run_turns(
     };
     for rep in 0..cli.reps.max(1) {
         eprintln!("  repetition {} of {}", rep + 1, cli.reps.max(1));
-        let mut sums = vec![(Counters::default(), Duration::ZERO); takers.len()];
-        let before: Vec<Option<u64>> = takers.iter().map(|t| t.store.reloads()).collect();
-        let mut failed: Vec<Option<anyhow::Error>> = takers.iter().map(|_| None).collect();
+        let mut turns: Vec<Turn> = takers
+            .iter()
+            .map(|t| Turn::new(t.store.reloads()))
+            .collect();
         for i in 0..slices {
             for k in 0..takers.len() {
                 let j = (i + k) % takers.len();
-                if failed[j].is_some() {
+                if turns[j].error.is_some() {
                     continue;
                 }
                 let t = &mut takers[j];
                 match workload::run_window(t.store.as_ref(), cell, &mut t.states, slice) {
                     Ok((c, elapsed)) => {
-                        sums[j].0.add(&c);
-                        sums[j].1 += elapsed;
+                        turns[j].counters.add(&c);
+                        turns[j].elapsed += elapsed;
                     }
-                    Err(e) => failed[j] = Some(e),
+                    Err(e) => turns[j].error = Some(e),
                 }
             }
         }
-        let mut j = 0;
-        takers.retain_mut(|t| {
-            let (c, elapsed) = sums[j];
-            let outcome = failed[j].take();
-            let reloads_before = before[j];
-            j += 1;
-            if let Some(e) = outcome {
-                results.push(error_result(t.peer, spec, &e));
-                return false;
-            }
-            let reloads = t.store.reloads();
-            t.reps
-                .push(rep_of(c, elapsed, reloads_before, reloads, spec.value_size));
-            true
-        });
+        takers = std::mem::take(&mut takers)
+            .into_iter()
+            .zip(turns)
+            .filter_map(|(mut t, turn)| {
+                if let Some(e) = turn.error {
+                    results.push(error_result(t.peer, spec, &e));
+                    return None;
+                }
+                let reloads = t.store.reloads();
+                let rep = rep_of(
+                    turn.counters,
+                    turn.elapsed,
+                    turn.reloads_before,
+                    reloads,
+                    spec.value_size,
+                );
+                t.reps.push(rep);
+                Some(t)
+            })
+            .collect();
     }
     for t in takers {
         let notes = t.store.notes();
