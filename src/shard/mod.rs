@@ -194,10 +194,18 @@ where
         // into `drop` copied its hundred bytes first.
         let (wrote, dropped, spare_key) = {
             let mut guard = self.write();
-            let (found, wrote) = self.make_room(&mut guard, len, Some((&key, hash)), disk)?;
-            let value = Payload::Resident { value, copy: None };
-            let (dropped, spare_key) = guard.store_found(found, key, hash, value);
-            (wrote, dropped, spare_key)
+            let found = guard.state().find(hash, &key);
+            match guard.replace_resident(found, value, disk.and_then(|d| d.spiller)) {
+                Ok(dropped) => (false, dropped, Some(key)),
+                Err(value) => {
+                    let replacing = Some((&key, hash));
+                    let (found, wrote) =
+                        self.make_room(&mut guard, len, replacing, Some(found), disk)?;
+                    let value = Payload::Resident { value, copy: None };
+                    let (dropped, spare_key) = guard.store_found(found, key, hash, value);
+                    (wrote, dropped, spare_key)
+                }
+            }
         };
         drop(spare_key);
         if let (true, Some(disk)) = (wrote, disk) {
@@ -353,7 +361,7 @@ where
         // Failing to make room is not an error: the bytes read are
         // served anyway, just not brought back into memory.
         let mut guard = self.write();
-        if let Ok((_, wrote)) = self.make_room::<Q>(&mut guard, len, None, disk) {
+        if let Ok((_, wrote)) = self.make_room::<Q>(&mut guard, len, None, None, disk) {
             guard.promote(key, hash, &reader, &bytes);
             drop(guard);
             if let (true, Some(disk)) = (wrote, disk) {
@@ -474,6 +482,10 @@ where
     /// retried. A promotion (`replacing` is `None`) does not: it walks every
     /// entry, and a value that cannot be promoted is served anyway.
     ///
+    /// `found` is the caller's lookup of the replaced key under this hold of
+    /// the guard, if it made one: used until the lock is first released,
+    /// instead of a lookup of its own.
+    ///
     /// Returns the slot of the key replaced, as looked up under the guard
     /// since it last released the lock (`None` if absent, or if not
     /// replacing), so that the caller's store need not look it up again;
@@ -483,6 +495,7 @@ where
         guard: &mut WriteGuard<'a, K>,
         len: u64,
         replacing: Option<(&Q, u64)>,
+        mut found: Option<Option<SlotId>>,
         disk: Option<Disk<'_, K>>,
     ) -> Result<(Option<SlotId>, bool), Error>
     where
@@ -492,7 +505,11 @@ where
         let mut reclaimed = false;
         let mut wrote = false;
         loop {
-            let (over, keep) = guard.overflow(len, replacing);
+            // The caller's lookup holds until the lock is first released.
+            let (over, keep) = match found.take() {
+                Some(keep) => (guard.overflow_found(len, keep), keep),
+                None => guard.overflow(len, replacing),
+            };
             if over == 0 {
                 // An insert adds a value without a copy; a promotion, one
                 // with its record as copy.
@@ -744,6 +761,78 @@ mod tests {
         let mut stats = Stats::default();
         shard.add_stats(&mut stats);
         assert_eq!((stats.entries, stats.memory_bytes), (1, 5));
+    }
+
+    /// The insert's shortcut for a replace in memory: it takes a value that
+    /// fits beside the others where the old one stood (marked, and saying
+    /// whether the old one's disk copy goes), and hands back, with nothing
+    /// changed, a value that would need an eviction, a key that is absent
+    /// or on disk, and every value with exact LRU.
+    #[test]
+    fn replace_resident_takes_what_fits_and_hands_back_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = spill_dir(&dir);
+        let shard: Shard<u32> = Shard::new(10, 0, ahash::RandomState::new(), false);
+        let hash = |key: u32| shard.hasher.hash_one(key);
+        let on_disk = spill.write(&[Bytes::from_static(b"d")]).unwrap().pop();
+        let live_without_copy = spill.usage().live;
+        let value = Bytes::from_static(b"abcd");
+        let record = spill.write(std::slice::from_ref(&value)).unwrap().pop();
+        let live = spill.usage().live;
+        let mut guard = shard.write();
+        let copy = Payload::Resident {
+            value,
+            copy: record,
+        };
+        assert_eq!(guard.store(1, hash(1), copy), None);
+        let other = Payload::Resident {
+            value: Bytes::from_static(b"xyz"),
+            copy: None,
+        };
+        assert_eq!(guard.store(2, hash(2), other), None);
+        assert_eq!(
+            guard.store(3, hash(3), Payload::Disk(on_disk.unwrap())),
+            None
+        );
+
+        let slot = guard.state().find(hash(1), &1);
+        let exact = Bytes::from_static(b"1234567"); // 3 + 7 bytes: the budget
+        assert_eq!(guard.replace_resident(slot, exact, None), Ok(true));
+        assert!(guard.state().slab.is_marked(slot.unwrap()));
+        let over = Bytes::from_static(b"12345678");
+        assert_eq!(guard.replace_resident(slot, over.clone(), None), Err(over));
+        let absent = guard.state().find(hash(4), &4);
+        let small = Bytes::from_static(b"s");
+        assert_eq!(
+            guard.replace_resident(absent, small.clone(), None),
+            Err(small.clone())
+        );
+        let spilled = guard.state().find(hash(3), &3);
+        assert_eq!(
+            guard.replace_resident(spilled, small.clone(), None),
+            Err(small)
+        );
+        assert_eq!(spill.usage().live, live, "the copy waits in the garbage");
+        drop(guard);
+        assert_eq!(
+            spill.usage().live,
+            live_without_copy,
+            "freed with the guard"
+        );
+        shard.validate().unwrap();
+        let mut stats = Stats::default();
+        shard.add_stats(&mut stats);
+        assert_eq!((stats.entries, stats.memory_bytes), (3, 10));
+
+        let exact_lru: Shard<u32> = Shard::new(10, 0, ahash::RandomState::new(), true);
+        let hash = exact_lru.hasher.hash_one(1);
+        exact_lru
+            .insert(1, hash, Bytes::from_static(b"a"), None)
+            .unwrap();
+        let mut guard = exact_lru.write();
+        let slot = guard.state().find(hash, &1);
+        let next = Bytes::from_static(b"b");
+        assert_eq!(guard.replace_resident(slot, next.clone(), None), Err(next));
     }
 
     /// Keys whose hashes share the 7-bit tag the table probes with, and the

@@ -95,6 +95,13 @@ struct Cli {
     /// store under the same drift.
     #[arg(long, default_value_t = 0)]
     slice_ms: u64,
+    /// Key counts of the in-memory cells (hot-get, mixed; comma-separated),
+    /// each key with a 1 KiB value. With a few dozen keys every store's
+    /// index, entries and values stay in the L1 and L2 caches, which
+    /// separates what a hit's instructions cost from what its cache misses
+    /// cost.
+    #[arg(long, value_delimiter = ',', default_value = "32768", value_parser = clap::value_parser!(u32).range(1..))]
+    memory_keys: Vec<u32>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -194,7 +201,11 @@ fn cells(cli: &Cli, budget: u64) -> Vec<CellSpec> {
     let mut out = Vec::new();
     for w in workloads {
         let shapes: Vec<(usize, usize)> = match w {
-            Workload::HotGet | Workload::Mixed => vec![(1024, 32768)],
+            Workload::HotGet | Workload::Mixed => cli
+                .memory_keys
+                .iter()
+                .map(|&keys| (1024, keys as usize))
+                .collect(),
             Workload::SpillReload => cli
                 .spill_sizes
                 .iter()
@@ -668,6 +679,7 @@ fn print_table(results: &[StoreResult]) {
                 && b.error.is_none()
                 && b.cell.workload == r.cell.workload
                 && b.cell.value_size == r.cell.value_size
+                && b.cell.n_keys == r.cell.n_keys
                 && b.cell.threads == r.cell.threads
         });
         let ratio = match base {
