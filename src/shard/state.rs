@@ -397,8 +397,7 @@ impl<'a, K> WriteGuard<'a, K> {
             }
             _ => 0,
         };
-        let needed = (state.counts.memory_bytes - credit).saturating_add(len);
-        needed.saturating_sub(budget)
+        state.overflow_crediting(budget, credit, len)
     }
 
     /// Frees at least `to_free` bytes of memory from the LRU tail (never
@@ -690,8 +689,8 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
             return Err(value);
         };
         let len = value.len() as u64;
-        let others = state.counts.memory_bytes - state.entry(slot).payload.len();
-        if others.saturating_add(len) > shard.budget {
+        let credit = state.entry(slot).payload.len();
+        if state.overflow_crediting(shard.budget, credit, len) > 0 {
             return Err(value);
         }
         // As `make_room` does once there is room.
@@ -869,6 +868,15 @@ impl<K> State<K> {
         self.counts.recount(len, Place::Absent, to);
         self.slab.mark(slot);
         garbage.take(old);
+    }
+
+    /// Bytes over `budget` with `len` more in memory, `credit` of the
+    /// resident bytes counted as free (the value being replaced): the one
+    /// budget test of `overflow_found` and `replace_resident`.
+    #[inline]
+    fn overflow_crediting(&self, budget: u64, credit: u64, len: u64) -> u64 {
+        let needed = (self.counts.memory_bytes - credit).saturating_add(len);
+        needed.saturating_sub(budget)
     }
 
     /// The state of the entry in `slot` (see the table at the top).
