@@ -376,6 +376,7 @@ where
     /// Wakes the compaction thread when the spill files are wasteful (see
     /// [`SpillDir::compaction_due`]). Under shuttle the pass runs inline
     /// instead, so that model checks explore it too.
+    #[inline(never)]
     fn compact_when_due(&self) {
         if !self.spill().is_some_and(SpillDir::compaction_due) {
             return;

@@ -154,7 +154,21 @@ impl<K: Hash + Eq> Shard<K> {
     ) {
         let memory = state.counts.memory_bytes.saturating_add(len);
         let dirty = state.counts.dirty_entries + added_dirty;
-        if self.request_cleaning(memory, dirty, state.evictions.bytes) {
+        self.ask_spiller_counts(memory, dirty, state.evictions.bytes, spiller);
+    }
+
+    /// [`ask_spiller`](Self::ask_spiller) given the shard's counts with the
+    /// value added: its resident bytes, its entries without a copy, and
+    /// its evicted bytes.
+    #[inline]
+    pub(super) fn ask_spiller_counts(
+        &self,
+        memory_bytes: u64,
+        dirty_entries: usize,
+        evicted_bytes: u64,
+        spiller: Option<&Waker>,
+    ) {
+        if self.request_cleaning(memory_bytes, dirty_entries, evicted_bytes) {
             if let Some(spiller) = spiller {
                 spiller.wake();
             }

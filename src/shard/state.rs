@@ -8,7 +8,8 @@
 //! | spilling | `Resident`, no copy      | no          | the same, and `spilling_bytes`    |
 //! | disk     | `Disk`                   | no          | `disk_bytes`                      |
 //!
-//! Each transition is one method of [`WriteGuard`], and the per-state
+//! Each transition is one method of [`WriteGuard`] (but for the replace in
+//! place below, a method of [`State`] itself), and the per-state
 //! counters change in exactly one function, [`Counts::recount`], which every
 //! transition calls with the entry's state before and after; `validate()`
 //! sums the entries through the same function and compares.
@@ -26,6 +27,7 @@
 //! | drop copy      | `drop_copy`     | memory (copy) -> memory    | (compaction)     |
 //! | move record    | `move_record`   | disk -> disk (new record)  | (compaction)     |
 //! | clear          | `clear`         | all -> absent              |                  |
+//! | replace (CLOCK)| `State::replace_linked` | memory -> memory (no copy), in place | |
 //!
 //! A resident value may keep its disk copy after a reload: values are
 //! immutable, so evicting it again needs no write ("respill"). The spiller
@@ -46,6 +48,13 @@
 //! released the lock, whatever order the caller's variables are declared
 //! in. Debug builds check it: dropping a record while this thread holds a
 //! shard's write lock panics.
+//!
+//! One transition runs without the guard: the most common insert, a value
+//! in memory replaced by one that fits (CLOCK only). The guard's setup and
+//! release were a fifth of that replace, so `Shard::insert` calls
+//! [`State::replace_linked`] under the bare lock; it takes nothing out
+//! but the payload it returns, which the caller frees after dropping the
+//! lock (tracked for the debug check as the guard's is).
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -55,7 +64,6 @@ use hashbrown::HashTable;
 
 use super::spares::Spares;
 use super::Shard;
-use crate::background::Waker;
 use crate::lru::{LinkedSlab, Markable, SlotId};
 use crate::spill::{Record, RecordReader};
 use crate::stats::{bump, Counters};
@@ -87,6 +95,24 @@ pub(super) const PLACEHOLDER: Payload = Payload::Resident {
 };
 
 impl Payload {
+    /// Drops a payload taken out of the shard, with the lock released,
+    /// handing a large value's buffer to `spares` for the next reloads.
+    /// Says whether it gave up a spill record (a copy, or the value's
+    /// only one).
+    ///
+    /// Always inlined: left to the compiler it stayed a call, which copied
+    /// the payload through the stack and cost a replace 13 instructions.
+    #[inline(always)]
+    pub(super) fn free(self, spares: &Spares) -> bool {
+        match self {
+            Payload::Resident { value, copy } => {
+                spares.keep(value);
+                copy.is_some()
+            }
+            Payload::Disk(_) => true,
+        }
+    }
+
     pub(super) fn len(&self) -> u64 {
         match self {
             Payload::Resident { value, .. } => value.len() as u64,
@@ -166,20 +192,12 @@ impl Garbage {
     /// about 10 instructions more without).
     #[inline]
     pub(super) fn free(&mut self, spares: &Spares) {
-        // Always: left to the compiler it stayed a call, which copied the
-        // payload through the stack and cost a replace 13 instructions.
-        #[inline(always)]
-        fn free_one(payload: Payload, spares: &Spares) {
-            if let Payload::Resident { value, .. } = payload {
-                spares.keep(value);
-            }
-        }
         if let Some(payload) = self.first.take() {
-            free_one(payload, spares);
+            payload.free(spares);
         }
         if !self.rest.is_empty() {
             for payload in self.rest.drain(..) {
-                free_one(payload, spares);
+                payload.free(spares);
             }
         }
     }
@@ -397,7 +415,7 @@ impl<'a, K> WriteGuard<'a, K> {
             }
             _ => 0,
         };
-        state.overflow_crediting(budget, credit, len)
+        state.counts.overflow_crediting(budget, credit, len)
     }
 
     /// Frees at least `to_free` bytes of memory from the LRU tail (never
@@ -663,44 +681,6 @@ impl<K: Hash + Eq> WriteGuard<'_, K> {
         self.store_found(found, key, hash, payload).1
     }
 
-    /// The most common insert, taken before `make_room` and `store_found`:
-    /// with CLOCK, `value` replaces the resident value in `found` (as
-    /// `State::find` returned it under this guard since it last released
-    /// the lock) where it stands, if the shard's budget holds it without
-    /// evicting anything. Says whether the replaced value leaves a disk
-    /// copy behind to drop. Hands `value` back, with nothing changed,
-    /// when the key is absent or not resident, when the value does not
-    /// fit, or with exact LRU. Without the general path's loop and calls, a
-    /// replace in the compare tool's `mixed` runs 949 instructions instead
-    /// of 1006 (`benches/instructions.sh mixed spillstore`).
-    #[inline]
-    pub(super) fn replace_resident(
-        &mut self,
-        found: Option<SlotId>,
-        value: Bytes,
-        spiller: Option<&Waker>,
-    ) -> Result<bool, Bytes> {
-        let shard = self.shard;
-        let (state, garbage, _) = self.parts();
-        let (Some(slot), false) = (found, shard.exact_lru) else {
-            return Err(value);
-        };
-        let Place::Memory { copy } = state.place(slot) else {
-            return Err(value);
-        };
-        let len = value.len() as u64;
-        let credit = state.entry(slot).payload.len();
-        if state.overflow_crediting(shard.budget, credit, len) > 0 {
-            return Err(value);
-        }
-        // As `make_room` does once there is room.
-        shard.ask_spiller(state, len, 1, spiller);
-        let payload = Payload::Resident { value, copy: None };
-        let to = Place::Memory { copy: false };
-        state.replace_in_place(garbage, slot, Place::Memory { copy }, payload, to);
-        Ok(copy)
-    }
-
     /// [`store`](Self::store), given what `State::find(hash, &key)` returned
     /// under this guard since it last released the lock: `found`. Says
     /// whether the replaced payload leaves a spill record behind to drop
@@ -805,6 +785,15 @@ impl<K> Drop for WriteGuard<'_, K> {
 }
 
 impl Counts {
+    /// Bytes over `budget` with `len` more in memory, `credit` of the
+    /// resident bytes counted as free (the value being replaced): the one
+    /// budget test of `overflow_found` and `State::replace_linked`.
+    #[inline]
+    fn overflow_crediting(&self, budget: u64, credit: u64, len: u64) -> u64 {
+        let needed = (self.memory_bytes - credit).saturating_add(len);
+        needed.saturating_sub(budget)
+    }
+
     /// The one place the per-state counters change: an entry of `len` value
     /// bytes moves from state `from` to state `to`.
     pub(super) fn recount(&mut self, len: u64, from: Place, to: Place) {
@@ -870,13 +859,39 @@ impl<K> State<K> {
         garbage.take(old);
     }
 
-    /// Bytes over `budget` with `len` more in memory, `credit` of the
-    /// resident bytes counted as free (the value being replaced): the one
-    /// budget test of `overflow_found` and `replace_resident`.
+    /// memory -> memory for CLOCK, if `slot` holds a value in memory and
+    /// `budget` holds `value` in its place: swaps it in where it stands,
+    /// marks the slot and returns the payload it replaced. Hands `value`
+    /// back, with nothing changed, otherwise.
     #[inline]
-    fn overflow_crediting(&self, budget: u64, credit: u64, len: u64) -> u64 {
-        let needed = (self.counts.memory_bytes - credit).saturating_add(len);
-        needed.saturating_sub(budget)
+    pub(super) fn replace_linked(
+        &mut self,
+        slot: SlotId,
+        value: Bytes,
+        budget: u64,
+    ) -> Result<Payload, Bytes> {
+        let len = value.len() as u64;
+        let Some(mut linked) = self.slab.get_linked_mut(slot) else {
+            return Err(value);
+        };
+        let Payload::Resident { value: old, copy } = &mut linked.item_mut().payload else {
+            return Err(value);
+        };
+        let credit = old.len() as u64;
+        if self.counts.overflow_crediting(budget, credit, len) > 0 {
+            return Err(value);
+        }
+        let had_copy = copy.is_some();
+        let old = Payload::Resident {
+            value: std::mem::replace(old, value),
+            copy: copy.take(),
+        };
+        linked.mark();
+        self.counts
+            .recount(credit, Place::Memory { copy: had_copy }, Place::Absent);
+        self.counts
+            .recount(len, Place::Absent, Place::Memory { copy: false });
+        Ok(old)
     }
 
     /// The state of the entry in `slot` (see the table at the top).
